@@ -1,0 +1,178 @@
+"""How well AsyncReader hides storage latency, against a one-at-a-time synchronous reader.
+
+Writes `--objects` files of `--size` bytes, serves them with loaders.objserver (in a subprocess,
+so the server's threads do not share the reader's GIL) at each injected latency, and reads them:
+
+- async: AsyncReader, `--in-flight` requests in flight, ordered delivery;
+- sync: http.client on one keep-alive connection, one object at a time. Above 0 ms only the
+  first `--sync-objects` objects are read and the rate is extrapolated (the table says so).
+
+The bound at latency L is min(in_flight / L, async rate at 0 ms): Little's law, capped by what
+this machine manages when latency costs nothing. Targets: async >= 85% of the bound at every
+latency, and >= 20x the synchronous reader at 100 ms.
+
+    python benchmarks/storage_latency.py --out benchmarks/out/storage_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loaders.storage import AsyncReader  # noqa: E402
+
+
+def write_objects(root: Path, count: int, size: int) -> list[str]:
+    names = []
+    for i in range(count):
+        name = f"obj_{i:05d}.bin"
+        (root / name).write_bytes(os.urandom(size))
+        names.append(name)
+    return names
+
+
+class ServerProcess:
+    """`python -m loaders.objserver ROOT --port 0 --latency-ms L` and its URL."""
+
+    def __init__(self, root: Path, latency_ms: float):
+        repo = Path(__file__).resolve().parents[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loaders.objserver", str(root), "--port", "0",
+             "--latency-ms", str(latency_ms)],
+            cwd=repo, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if " at " not in line:
+            self.proc.kill()
+            raise RuntimeError(f"objserver did not start: {line!r}")
+        self.url = line.rsplit(" at ", 1)[1].strip()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def read_async(url: str, names: list[str], in_flight: int) -> dict:
+    with AsyncReader(max_in_flight=in_flight, timeout_s=30.0) as reader:
+        started = time.perf_counter()
+        nbytes = failed = 0
+        for result in reader.read_many((i, url + name) for i, name in enumerate(names)):
+            if result.ok:
+                nbytes += len(result.data)
+            else:
+                failed += 1
+        elapsed = time.perf_counter() - started
+        stats = reader.stats()
+    return {"objects": len(names), "seconds": elapsed, "objects_per_s": len(names) / elapsed,
+            "mb_per_s": nbytes / elapsed / 1e6, "p50_ms": stats["latency_p50_s"] * 1e3,
+            "p95_ms": stats["latency_p95_s"] * 1e3, "failed": failed,
+            "max_in_flight": stats["max_in_flight"]}
+
+
+def read_sync(url: str, names: list[str]) -> dict:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    latencies, nbytes = [], 0
+    started = time.perf_counter()
+    for name in names:
+        t0 = time.perf_counter()
+        conn.request("GET", parts.path + name)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"sync read of {name} got HTTP {response.status}")
+        nbytes += len(body)
+        latencies.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - started
+    conn.close()
+    latencies.sort()
+    return {"objects": len(names), "seconds": elapsed, "objects_per_s": len(names) / elapsed,
+            "mb_per_s": nbytes / elapsed / 1e6,
+            "p50_ms": latencies[len(latencies) // 2] * 1e3,
+            "p95_ms": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] * 1e3}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objects", type=int, default=2000, help="objects written and read")
+    parser.add_argument("--size", type=int, default=100_000, help="bytes per object")
+    parser.add_argument("--latencies-ms", type=float, nargs="+", default=[0, 20, 50, 100, 200],
+                        help="injected server latencies; the first must be 0 (it sets the bound)")
+    parser.add_argument("--in-flight", type=int, default=64, help="AsyncReader.max_in_flight")
+    parser.add_argument("--sync-objects", type=int, default=100,
+                        help="objects the synchronous reader reads above 0 ms (extrapolated)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.latencies_ms[0] != 0:
+        parser.error("--latencies-ms must start with 0: the 0 ms rate is part of the bound")
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="storage_latency_") as tmp:
+        root = Path(tmp)
+        names = write_objects(root, args.objects, args.size)
+        rate_at_zero = None
+        for latency_ms in args.latencies_ms:
+            server = ServerProcess(root, latency_ms)
+            try:
+                read_async(server.url, names[: args.in_flight], args.in_flight)  # warm-up
+                result = read_async(server.url, names, args.in_flight)
+                sync_names = names if latency_ms == 0 else names[: args.sync_objects]
+                sync = read_sync(server.url, sync_names)
+            finally:
+                server.close()
+            if rate_at_zero is None:
+                rate_at_zero = result["objects_per_s"]
+            bound = rate_at_zero if latency_ms == 0 else \
+                min(args.in_flight / (latency_ms / 1e3), rate_at_zero)
+            rows.append({"latency_ms": latency_ms, "async": result, "sync": sync,
+                         "sync_extrapolated": len(sync_names) < len(names),
+                         "bound_objects_per_s": bound,
+                         "share_of_bound": result["objects_per_s"] / bound,
+                         "speedup_vs_sync": result["objects_per_s"] / sync["objects_per_s"]})
+            print_row(rows[-1], header=len(rows) == 1)
+
+    report = {
+        "benchmark": "storage_latency", "objects": args.objects, "object_bytes": args.size,
+        "in_flight": args.in_flight, "rows": rows,
+        "host": {"python": platform.python_version(), "machine": platform.machine(),
+                 "cpus": os.cpu_count(), "platform": platform.platform()},
+        "targets": {"share_of_bound": 0.85, "speedup_vs_sync_at_100ms": 20.0},
+        "targets_met": {
+            "share_of_bound": all(r["share_of_bound"] >= 0.85 for r in rows),
+            "speedup_vs_sync_at_100ms": all(r["speedup_vs_sync"] >= 20.0 for r in rows
+                                            if r["latency_ms"] == 100),
+        },
+    }
+    print("sync rows marked * read only the first "
+          f"{args.sync_objects} objects; their rate is extrapolated to all {args.objects}.")
+    print(f"targets met: {report['targets_met']}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+
+
+def print_row(row: dict, header: bool) -> None:
+    if header:
+        print(f"{'latency':>8} | {'async obj/s':>11} {'MB/s':>7} {'p50 ms':>7} {'p95 ms':>7} | "
+              f"{'bound':>7} {'share':>6} | {'sync obj/s':>10} {'p50 ms':>7} | {'speedup':>7}")
+    a, s = row["async"], row["sync"]
+    mark = "*" if row["sync_extrapolated"] else " "
+    print(f"{row['latency_ms']:>6.0f}ms | {a['objects_per_s']:>11.0f} {a['mb_per_s']:>7.1f} "
+          f"{a['p50_ms']:>7.1f} {a['p95_ms']:>7.1f} | {row['bound_objects_per_s']:>7.0f} "
+          f"{row['share_of_bound']:>6.1%} | {s['objects_per_s']:>9.1f}{mark} {s['p50_ms']:>7.1f} | "
+          f"{row['speedup_vs_sync']:>6.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""One object, read to the end: request slots, per-request timeout, retries with backoff, hedging.
+
+Runs on the reader's event loop. `Fetcher.fetch` never raises (except on cancellation): whatever
+happens it returns the bytes or a redacted error, so that no sample is silently lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+import time
+from dataclasses import dataclass
+
+from loaders._backends import Backends
+from loaders._stats import ReaderStats
+from loaders.retry import backoff_delay, describe_error, is_transient
+
+
+class PrioritySlots:
+    """A semaphore of `n` request slots granted lowest priority value first.
+
+    Priority is the read's submission ticket, so the retry or hedge of an old read (the one an
+    ordered consumer is waiting for) overtakes reads submitted after it.
+    """
+
+    def __init__(self, n: int):
+        self._free = n
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._tiebreak = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._tiebreak), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted, then cancelled before it ran: pass the slot on
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._free += 1
+
+
+@dataclass
+class FetchOutcome:
+    data: bytes | None
+    error: str | None
+    latency_s: float  # first request issued -> outcome
+    attempts: int     # requests issued: first try, retries and hedges
+
+
+class _Attempts:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.first_start: float | None = None
+
+
+class Fetcher:
+    def __init__(self, backends: Backends, stats: ReaderStats, *, max_in_flight: int,
+                 timeout_s: float, retries: int, hedge_after_s: float | None,
+                 backoff_base_s: float, backoff_max_s: float, seed: int = 0):
+        self.backends = backends
+        self.stats = stats
+        self.slots = PrioritySlots(max_in_flight)
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.hedge_after_s = hedge_after_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._rng = random.Random(seed)
+
+    async def fetch(self, ticket: int, uri: str) -> FetchOutcome:
+        tries = _Attempts()
+        error: BaseException | None = None
+        for retry in range(self.retries + 1):
+            if retry:
+                self.stats.retries += 1
+                await asyncio.sleep(backoff_delay(retry - 1, self.backoff_base_s,
+                                                  self.backoff_max_s, self._rng))
+            try:
+                data = await self._attempt(ticket, uri, tries)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a reported result
+                error = exc
+                if not is_transient(exc):
+                    break
+                continue
+            return FetchOutcome(data, None, self._since(tries), tries.requests)
+        kind = "transient" if is_transient(error) else "permanent"
+        reason = (f"{describe_error(error, self.timeout_s)} "
+                  f"({kind}, {tries.requests} request{'s' * (tries.requests != 1)})")
+        return FetchOutcome(None, reason, self._since(tries), tries.requests)
+
+    @staticmethod
+    def _since(tries: _Attempts) -> float:
+        return 0.0 if tries.first_start is None else time.perf_counter() - tries.first_start
+
+    async def _attempt(self, ticket: int, uri: str, tries: _Attempts) -> bytes:
+        """One try: a request, and a hedge if it is still out after `hedge_after_s`."""
+        if self.hedge_after_s is None:
+            return await self._request(ticket, uri, tries, hedge=False)
+        primary = asyncio.ensure_future(self._request(ticket, uri, tries, hedge=False))
+        hedge = None
+        try:
+            done, _ = await asyncio.wait({primary}, timeout=self.hedge_after_s)
+            if done:
+                return primary.result()
+            hedge = asyncio.ensure_future(self._request(ticket, uri, tries, hedge=True))
+            pending, first_error = {primary, hedge}, None
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None:
+                        if task is hedge:
+                            self.stats.hedge_wins += 1
+                        return task.result()  # the finally cancels the loser
+                    first_error = first_error or task.exception()
+            raise first_error
+        finally:
+            losers = [t for t in (primary, hedge) if t is not None and not t.done()]
+            for task in losers:
+                task.cancel()
+            if losers:
+                await asyncio.gather(*losers, return_exceptions=True)
+
+    async def _request(self, ticket: int, uri: str, tries: _Attempts, hedge: bool) -> bytes:
+        await self.slots.acquire(ticket)
+        try:
+            tries.requests += 1
+            if hedge:
+                self.stats.hedges += 1
+            started = self.stats.request_started()
+            if tries.first_start is None:
+                tries.first_start = started
+            try:
+                data = await asyncio.wait_for(self.backends.read(uri), self.timeout_s)
+            except asyncio.CancelledError:
+                self.stats.request_ended(started, None, cancelled=True)
+                raise
+            except BaseException:
+                self.stats.request_ended(started, None)
+                raise
+            self.stats.request_ended(started, len(data))
+            return data
+        finally:
+            self.slots.release()

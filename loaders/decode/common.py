@@ -1,0 +1,80 @@
+"""What every decoder returns, and the rules all backends share so they return the same pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DecodeOutput:
+    """The result of decoding one batch of encoded items.
+
+    clips: one entry per input item, in input order: a uint8 tensor, channels last, on the
+        decoder's device; videos [T, H, W, 3], images [H, W, 3]; H and W may differ between
+        items (different source sizes). None where the item failed.
+    failures: (position in the input, reason) for every item that failed; the loader replaces
+        those items and counts them. A failure never raises and never spoils the other items.
+    """
+
+    clips: list[torch.Tensor | None]
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def ok(self) -> list[int]:
+        """Positions of the items that decoded."""
+        return [i for i, c in enumerate(self.clips) if c is not None]
+
+
+def resized_shape(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """(height, width) after scaling the short side to `short_side`, keeping the aspect ratio.
+
+    The long side is rounded half up, as DALI's `fn.resize(resize_shorter=...)` does
+    (64x97 -> 32x49), so PyAV and DALI give clips of the same shape. None keeps the size.
+    """
+    if short_side is None:
+        return height, width
+    if height <= width:
+        return short_side, int(width * short_side / height + 0.5)
+    return int(height * short_side / width + 0.5), short_side
+
+
+def resize_short_side(clip: torch.Tensor, short_side: int | None) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> uint8 [T, H', W', 3] with the short side at `short_side`.
+
+    Bilinear with antialiasing (pixel centres aligned), like DALI's `fn.resize` with
+    interp_type=INTERP_LINEAR, antialias=True. On the CPU this is torch's uint8 channels-last
+    kernel: ~5 ms for 16 frames 240x426 -> 256x454 on one core, ten times faster than DALI's CPU
+    resize, so every CPU path resizes here (both CPU backends then give identical pixels).
+    """
+    height, width = clip.shape[1:3]
+    size = resized_shape(height, width, short_side)
+    if size == (height, width):
+        return clip
+    frames = clip.permute(0, 3, 1, 2)  # [T, 3, H, W] view, channels-last in memory
+    if clip.device.type == "cpu":
+        out = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=True)
+    else:  # the uint8 kernel is CPU-only
+        out = F.interpolate(frames.float(), size=size, mode="bilinear", align_corners=False,
+                            antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+    return out.permute(0, 2, 3, 1).contiguous()  # [T, H', W', 3]
+
+
+def check_inputs(datas: list, indices: list) -> None:
+    """One list of frame indices per encoded item."""
+    if len(datas) != len(indices):
+        raise ValueError(f"got {len(datas)} encoded items but {len(indices)} index lists")
+
+
+def short_reason(error: BaseException, limit: int = 200) -> str:
+    """A one-line reason from an exception (DALI's messages run over many lines)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("C++ context", "Current pipeline",
+                                                       "Critical error", "File \"", "Error in"))]
+    text = (useful or lines or [type(error).__name__])[-1]
+    return f"{type(error).__name__}: {text}"[:limit]

@@ -1,0 +1,138 @@
+"""JointLoader: one modality per step, in an epoch order shuffled identically on every rank.
+
+A background thread builds batches ahead (read -> decode -> assembly) so that at least `prefetch`
+are ready while the step runs. Each batch carries the loaders' state *after* it, and `state_dict()`
+returns the state of the last batch handed out: resuming skips exactly what was consumed, not what
+was merely prefetched.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+
+from loaders.batch import Batch
+
+_DONE = object()
+
+
+def epoch_order(steps: dict[str, int], seed: int, epoch: int, group: int = 1) -> list[str]:
+    """The modality of every micro batch of one epoch: `steps[m]` optimizer steps of modality m,
+    shuffled with (seed, epoch) so every rank draws the same order; each step is `group` micro
+    batches of one modality (gradient accumulation never mixes modalities in one step)."""
+    names = sorted(steps)
+    order = np.repeat(np.array(names), [steps[n] for n in names])
+    np.random.default_rng([seed, epoch, 7]).shuffle(order)
+    return [str(m) for m in order for _ in range(group)]
+
+
+class JointLoader:
+    """Yields Batches from several loaders ({"image": ImageLoader, "video": VideoLoader}).
+
+    repeats: data set ratios (paper Fig. 5c): an epoch holds `len(manifest) * repeat` samples of
+    each data set, i.e. that many / global batch steps of it.
+    group: micro batches per optimizer step (gradient accumulation), kept in one modality.
+    """
+
+    def __init__(self, loaders: dict, *, repeats: dict[str, float] | None = None, seed: int = 0,
+                 prefetch: int = 2, world_size: int | None = None, group: int = 1):
+        if not loaders:
+            raise ValueError("JointLoader needs at least one loader")
+        self.loaders = loaders
+        self.seed = seed
+        self.prefetch = max(1, prefetch)
+        self.group = group
+        repeats = repeats or {}
+        self.steps_per_epoch = {}
+        for name, loader in loaders.items():
+            world = world_size or loader.sampler.world_size
+            global_batch = loader.batch_size * world * group
+            samples = len(loader.manifest) * repeats.get(name, 1.0)
+            self.steps_per_epoch[name] = max(1, int(samples // global_batch))
+        self.epoch = 0
+        self.position = 0  # micro batches of the current epoch handed out
+        self._order = epoch_order(self.steps_per_epoch, seed, 0, group)
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._consumed_state: dict | None = None
+        self._error: BaseException | None = None
+
+    def __len__(self) -> int:
+        """Micro batches per epoch."""
+        return len(self._order)
+
+    # ---- production (background thread) ------------------------------------------------------
+
+    def _snapshot(self, epoch: int, position: int) -> dict:
+        return {"epoch": epoch, "position": position,
+                "loaders": {name: loader.state_dict() for name, loader in self.loaders.items()}}
+
+    def _produce(self) -> None:
+        epoch, position, order = self.epoch, self.position, self._order
+        try:
+            while not self._stop.is_set():
+                if position >= len(order):
+                    epoch, position = epoch + 1, 0
+                    order = epoch_order(self.steps_per_epoch, self.seed, epoch, self.group)
+                batch = self.loaders[order[position]].next_batch()
+                position += 1
+                batch.stats["state"] = self._snapshot(epoch, position)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # handed to the consumer, raised there
+            self._error = e
+            self._queue.put(_DONE)
+
+    def _start(self) -> None:
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._thread = threading.Thread(target=self._produce, name="omnimae-joint-loader", daemon=True)
+        self._thread.start()
+
+    # ---- consumption -------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._thread is None:
+            self._start()
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                raise RuntimeError(f"data loader failed: {self._error}") from self._error
+            self._consumed_state = item.stats.pop("state")
+            yield item
+
+    def state_dict(self) -> dict:
+        if self._consumed_state is not None:
+            return self._consumed_state
+        return self._snapshot(self.epoch, self.position)
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._thread is not None:
+            raise RuntimeError("load_state_dict must be called before iterating")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = epoch_order(self.steps_per_epoch, self.seed, self.epoch, self.group)
+        for name, loader_state in state["loaders"].items():
+            self.loaders[name].load_state_dict(loader_state)
+        self._consumed_state = state
+
+    def stats(self) -> dict:
+        return {name: loader.stats() for name, loader in self.loaders.items()}
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            while self._thread.is_alive():
+                try:  # unblock a producer waiting on a full queue
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+                self._thread.join(timeout=0.1)
+        for loader in self.loaders.values():
+            loader.close()

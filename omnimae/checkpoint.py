@@ -1,0 +1,307 @@
+"""Checkpoints.
+
+Two sections: model weights (the official omnivore OmniMAE checkpoints, and our own plain weight
+files), then the training state (model, optimizer, step, loader positions, RNG, config) for exact
+resume. Files hold the unwrapped module's names: no `_orig_mod.` (torch.compile) or
+`module.` (DDP) components.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+# ==================================================================================================
+# Model weights: official omnivore checkpoints and plain weight files
+# ==================================================================================================
+
+# Our parameter name prefix -> the official one (omnivore `OmniMAE(trunk, head)`). The encoder part
+# is in every official checkpoint; the decoder part only in pretraining ones. First match wins.
+_ENCODER_NAMES = (
+    ("patch_embed.", "trunk.patch_embed.proj.1."),  # proj = Sequential(PadIm2Video, Conv3d)
+    ("blocks.", "trunk.blocks."),
+    ("norm.", "trunk.norm."),
+)
+_DECODER_NAMES = (
+    ("mask_token", "trunk.mask_token"),  # official (1, D), ours (1, 1, D)
+    ("decoder_embed.", "trunk.decoder.decoder_embed."),
+    ("decoder_blocks.", "trunk.decoder.decoder_blocks."),
+    ("decoder_norm.", "trunk.decoder.norm."),
+    ("decoder_pred.", "head."),
+)
+# Fixed sinusoid tables the official model saves as buffers; ours are rebuilt from the config.
+_ENCODER_TABLES = ("trunk.pos_embed",)
+_DECODER_TABLES = ("trunk.decoder.pos_embed",)
+_WRAPPER_KEYS = ("model", "state_dict")
+_DROPPED_COMPONENTS = ("_orig_mod", "module")  # added by torch.compile / DDP wrappers
+
+
+def load_official(model: nn.Module, path_or_state_dict) -> dict:
+    """Load an official omnivore OmniMAE checkpoint (ViT-B/L/H) into our model.
+
+    Pretraining checkpoints (`trunk.mask_token`, `trunk.decoder.*`, pixel `head`) fill the whole
+    model. Fine-tuned ones (encoder only, classification `head`) fill the encoder; their head
+    tensors come back in the result for a fine-tuning model to use. The fixed position tables are
+    checked against ours, not copied. Unknown keys, missing keys and shape mismatches raise one
+    ValueError listing them all.
+
+    Returns {"kind": "pretrain" | "finetune", "loaded": tensors copied into the model,
+             "head": {name: tensor} of the classification head (finetune) or None, "notes": [str]}.
+    """
+    state = _read_state_dict(path_or_state_dict)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    kind = "pretrain" if any(k == "trunk.mask_token" or k.startswith("trunk.decoder.")
+                             for k in state) else "finetune"
+    ours = {_clean_name(k): v for k, v in model.state_dict().items()}
+    dim = ours["norm.weight"].shape[0]
+    pos_embed = {_clean_name(k): v for k, v in model.named_buffers()}["pos_embed"]  # [1, N, D]
+
+    rules = _ENCODER_NAMES + (_DECODER_NAMES if kind == "pretrain" else ())
+    tables = _ENCODER_TABLES + (_DECODER_TABLES if kind == "pretrain" else ())
+    expected = {}  # official name -> our name
+    for name in ours:
+        official = _official_name(name, rules)
+        if official is not None:
+            expected[official] = name
+
+    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")} \
+        if kind == "finetune" else None
+    known = set(expected) | set(tables) | {f"head.{k}" for k in head or {}}
+    unknown = sorted(set(state) - known)
+    missing = sorted(k for k in list(expected) + list(tables) if k not in state)
+    mismatched, notes = [], []
+    for official, name in expected.items():
+        if official not in state:
+            continue
+        got, want = tuple(state[official].shape), tuple(ours[name].shape)
+        if name == "mask_token" and got == (1, dim):
+            continue  # official layout of the same tensor
+        if got != want:
+            mismatched.append(f"{official}: checkpoint {got} vs model {want}")
+    for table in tables:
+        if table in state:
+            problem = _compare_table(state[table], pos_embed)
+            if problem:
+                mismatched.append(f"{table}: {problem}")
+            elif state[table].shape[1] != pos_embed.shape[1]:
+                notes.append(f"{table} has {state[table].shape[1]} rows, ours "
+                             f"{pos_embed.shape[1]}: the shared rows agree")
+    if kind == "finetune" and not any(t.ndim == 2 and t.shape[1] == dim for t in head.values()):
+        mismatched.append(f"head: no classification weight of shape (num_classes, {dim}) among "
+                          f"{ {k: tuple(v.shape) for k, v in head.items()} }")
+    _raise_if_problems("official checkpoint does not fit the model", unknown, missing, mismatched)
+
+    new_state = {name: state[official].reshape(ours[name].shape)
+                 for official, name in expected.items()}
+    _load_clean(model, new_state, strict=(kind == "pretrain"))
+    return {"kind": kind, "loaded": len(new_state), "head": head, "notes": notes}
+
+
+def save_model_weights(model: nn.Module, path) -> None:
+    """Write the model's weights (unwrapped names, CPU tensors) to `path`, atomically."""
+    state = {_clean_name(k): v.detach().cpu() for k, v in model.state_dict().items()}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+def load_model_weights(model: nn.Module, path) -> None:
+    """Load a file written by save_model_weights; every key and shape must match."""
+    state = {_clean_name(k): v for k, v in _read_state_dict(path).items()}
+    ours = {_clean_name(k): v for k, v in model.state_dict().items()}
+    unknown = sorted(set(state) - set(ours))
+    missing = sorted(set(ours) - set(state))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(ours[k].shape)}"
+                  for k in sorted(set(state) & set(ours)) if state[k].shape != ours[k].shape]
+    _raise_if_problems(f"{path} does not fit the model", unknown, missing, mismatched)
+    _load_clean(model, state, strict=True)
+
+
+def _read_state_dict(path_or_state_dict) -> dict[str, torch.Tensor]:
+    """A flat {name: tensor} from a file or dict, unwrapping "model"/"state_dict"/"trunk" nesting."""
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        if not os.path.exists(path_or_state_dict):
+            raise FileNotFoundError(f"checkpoint {path_or_state_dict} does not exist")
+        state = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+    else:
+        state = path_or_state_dict
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint holds a {type(state).__name__}, not a state dict")
+    while True:
+        wrapper = next((k for k in _WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
+        if wrapper is None:
+            break
+        state = state[wrapper]
+    if isinstance(state.get("trunk"), dict):
+        # {"trunk": {...}, "head": {...}}: the halves of OmniMAE(trunk, head), names relative to them
+        state = {f"{part}.{k}": v for part in ("trunk", "head")
+                 for k, v in (state.get(part) or {}).items()}
+    bad = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if bad:
+        raise ValueError(f"checkpoint entries are not tensors: {bad[:10]}")
+    return state
+
+
+def _official_name(name: str, rules) -> str | None:
+    for ours, official in rules:
+        if name.startswith(ours):
+            return official + name[len(ours):]
+    return None
+
+
+def _clean_name(name: str) -> str:
+    return ".".join(p for p in name.split(".") if p not in _DROPPED_COMPONENTS)
+
+
+def _compare_table(table: torch.Tensor, ours: torch.Tensor) -> str | None:
+    """Why an official position table disagrees with ours, or None (shared rows must agree)."""
+    if table.ndim != 3 or table.shape[0] != 1 or table.shape[2] != ours.shape[2]:
+        return f"shape {tuple(table.shape)} vs model (1, N, {ours.shape[2]})"
+    rows = min(table.shape[1], ours.shape[1])
+    diff = (table[:, :rows].float() - ours[:, :rows].detach().float().cpu()).abs().max().item()
+    return f"values differ from the sinusoid table by {diff:.3g}" if diff > 1e-4 else None
+
+
+def _raise_if_problems(what: str, unknown, missing, mismatched) -> None:
+    problems = [f"{label} ({len(items)}): {items}" for label, items in
+                (("unknown keys", unknown), ("missing keys", missing),
+                 ("shape mismatches", mismatched)) if items]
+    if problems:
+        raise ValueError(f"{what}: " + "; ".join(problems))
+
+
+def _load_clean(model: nn.Module, state: dict[str, torch.Tensor], strict: bool) -> None:
+    """load_state_dict by unwrapped names, whatever compile/DDP wrappers the model carries."""
+    actual = {_clean_name(k): k for k in model.state_dict()}
+    result = model.load_state_dict({actual[k]: v for k, v in state.items()}, strict=strict)
+    if result.unexpected_keys:  # cannot happen after the checks above; fail loudly if it does
+        raise ValueError(f"unexpected keys while loading: {result.unexpected_keys}")
+
+
+# ==================================================================================================
+# Training state: model (unwrapped), optimizer, step, loader positions, RNG states and config.
+# Written to a temporary folder and renamed, so a crash mid-write never corrupts the latest.
+# ==================================================================================================
+
+CKPT_PREFIX = "step_"
+
+
+def _rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    # Tensors and plain containers only, so the file loads with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _model_and_optim_state(model, optimizer, distributed: bool) -> tuple[dict, dict]:
+    """Full (unsharded) state dicts; under FSDP2 every rank takes part in the gather."""
+    if distributed:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(model, optimizer, options=opts)
+    return {_clean_name(k): v for k, v in model.state_dict().items()}, optimizer.state_dict()
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints in the run folder, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.glob(f"{CKPT_PREFIX}*") if p.is_dir() and (p / "state.pt").is_file()
+             and p.name[len(CKPT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+
+
+def find_resume(resume: str, run_dir: Path) -> Path | None:
+    """`auto`: the latest complete checkpoint in the run folder (None if there is none); `never`; a path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = checkpoint_dirs(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if path.is_dir() and (path / "state.pt").is_file():
+        return path
+    raise FileNotFoundError(f"train.resume: no checkpoint at {path} (expected a folder with state.pt)")
+
+
+def save_training_state(run_dir: Path, *, step: int, model, optimizer, loader, config: dict, dist_info,
+                        keep_last: int) -> Path:
+    """Saves `run_dir/step_<step>/` (state.pt + one loader file per rank); returns its path.
+
+    All ranks must call it (loader positions and FSDP2 shards are gathered); rank 0 writes the model.
+    """
+    import shutil
+
+    import torch.distributed as dist
+
+    run_dir = Path(run_dir)
+    final = run_dir / f"{CKPT_PREFIX}{step:08d}"
+    tmp = run_dir / f".tmp_{CKPT_PREFIX}{step:08d}"
+    model_state, optim_state = _model_and_optim_state(model, optimizer, dist_info.distributed)
+    loader_state = loader.state_dict() if hasattr(loader, "state_dict") else None
+    loader_states = [loader_state]
+    rng_states = [_rng_state()]
+    if dist_info.distributed:
+        loader_states = [None] * dist_info.world_size
+        rng_states = [None] * dist_info.world_size
+        dist.all_gather_object(loader_states, loader_state)
+        dist.all_gather_object(rng_states, _rng_state())
+    if dist_info.is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        torch.save({"step": step, "model": model_state, "optimizer": optim_state, "config": config,
+                    "world_size": dist_info.world_size}, tmp / "state.pt")
+        for rank, (ls, rs) in enumerate(zip(loader_states, rng_states)):
+            torch.save({"loader": ls, "rng": rs}, tmp / f"rank_{rank:05d}.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)  # atomic on POSIX: readers see the old or the new checkpoint, never half
+        for old in checkpoint_dirs(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    if dist_info.distributed:
+        dist.barrier()
+    return final
+
+
+def load_training_state(path: Path, *, model, optimizer, loader, rank: int = 0) -> int:
+    """Restores what save_training_state wrote; returns the step to continue from."""
+    path = Path(path)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rank_file = path / f"rank_{rank:05d}.pt"
+    if not rank_file.is_file():
+        raise FileNotFoundError(f"{rank_file}: checkpoint was written by {state['world_size']} ranks; "
+                                f"resuming with a different world size is not supported")
+    extra = torch.load(rank_file, map_location="cpu", weights_only=True)
+    if extra["loader"] is not None and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(extra["loader"])
+    _set_rng_state(extra["rng"])
+    return int(state["step"])

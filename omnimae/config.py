@@ -1,0 +1,414 @@
+"""Typed experiment configuration: defaults < YAML file < `key.sub=value` overrides.
+
+Every field carries a one-line docstring (the string literal under it), shown by
+`omnimae-train --help-config`. An unknown key, a wrong type or an impossible value stops the run with
+one line that names the full key, e.g. `config: train.batch_size: expected int, got 'big'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad key or value; the message names the full key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "base"
+    """Model size: debug, small, base, large or huge (DESIGN.md's table)."""
+    img_size: int = 224
+    """Crop side in pixels the position table is built for."""
+    num_frames: int = 16
+    """Frames per video clip the position table is built for."""
+    norm_pix_loss: bool = True
+    """Targets are pixels normalized per patch and colour channel (the paper); False = raw pixels."""
+
+
+@dataclass
+class DatasetConfig:
+    root: str = ""
+    """Data set folder or fsspec URL (s3://, gs://, http(s)://); empty = not used."""
+    manifest: str = ""
+    """Manifest (JSON lines); empty = <root>/manifest_<split>.jsonl."""
+    split: str = "train"
+    """Split whose manifest is read."""
+    replication: int = 1
+    """Sample replication t: each decoded item becomes t samples with their own crop and mask."""
+    mask_ratio: float = 0.9
+    """Share of tokens hidden from the encoder."""
+    mask_type: str = "random"
+    """Masking pattern: random, tube, causal or frame."""
+    repeat: float = 1.0
+    """Data set ratio in an epoch (paper Fig. 5c): each item counts this many times."""
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    """RandomResizedCrop area range."""
+    flip_p: float = 0.0
+    """Horizontal flip probability."""
+
+
+@dataclass
+class DataConfig:
+    image: DatasetConfig = field(default_factory=lambda: DatasetConfig(
+        mask_ratio=0.9, crop_scale=(0.2, 1.0), flip_p=0.5))
+    """The image data set (ImageNet layout)."""
+    video: DatasetConfig = field(default_factory=lambda: DatasetConfig(
+        replication=4, mask_ratio=0.95, crop_scale=(0.08, 1.0), flip_p=0.0))
+    """The video data set (SSv2 layout)."""
+    window_s: float = 2.7
+    """Clip window in seconds over which the frames are spread (~6 FPS for 16 frames)."""
+    short_side: int = 256
+    """Decoded frames are resized so their short side has this many pixels."""
+    decode_backend: str = "auto"
+    """Video decoder: auto, dali or pyav."""
+    decode_threads: int = 2
+    """Decoder threads per process."""
+    max_in_flight: int = 64
+    """Storage requests in flight per process."""
+    prefetch: int = 2
+    """Batches decoded ahead of the step."""
+    synth_if_missing: str = ""
+    """Generate this synthetic set (demo) at the roots if their manifests are missing; empty = off."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec storage options (never logged)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    """Peak learning rate at `lr_batch` samples per step; scaled linearly with the global batch."""
+    lr_batch: int = 2048
+    """Global batch the peak learning rate refers to."""
+    min_lr: float = 0.0
+    """Learning rate at the end of the cosine."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    weight_decay: float = 0.05
+    """AdamW weight decay (none on biases, norms and the mask token)."""
+    warmup_epochs: float = 40.0
+    """Linear warmup length in epochs."""
+    clip_grad: float = 0.0
+    """Gradient norm clipping; 0 = off."""
+
+
+@dataclass
+class ParallelConfig:
+    strategy: str = "ddp"
+    """Multi-process wrapping: ddp or fsdp (FSDP2, fully_shard per block)."""
+    activation_checkpointing: bool = False
+    """Recompute block activations in the backward pass to save memory."""
+    compile: bool = True
+    """torch.compile each transformer block (static shapes, fullgraph)."""
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 2048
+    """Global batch in samples (replicas counted) per optimizer step."""
+    micro_batch: int = 0
+    """Samples per rank per forward pass; 0 = global batch / world size (no accumulation)."""
+    epochs: float = 800.0
+    """Training length in epochs (an epoch is all samples of both data sets, replicas counted)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps; 0 = run the epochs."""
+    seed: int = 0
+    """Seed for the data order, masks, crops and initialization."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    precision: str = "auto"
+    """auto (bf16 on GPUs, fp32 on the CPU), bf16 or fp32."""
+    log_every: int = 20
+    """Optimizer steps between metric lines (and host syncs)."""
+    ckpt_every: int = 1000
+    """Optimizer steps between checkpoints; 0 = only at the end."""
+    keep_last: int = 3
+    """Checkpoints kept."""
+    resume: str = "auto"
+    """auto (latest checkpoint in the run folder), never, or a checkpoint path."""
+    vis_every: int = 0
+    """Optimizer steps between reconstruction pictures; 0 = only at the end."""
+    max_nonfinite: int = 10
+    """Consecutive non-finite losses before the run stops with diagnostics."""
+    out_dir: str = "runs"
+    """Folder holding run folders."""
+    run_name: str = ""
+    """Run folder name; empty = the config file's stem."""
+    profile_steps: int = 0
+    """Record a torch.profiler trace of this many steps (0 = off)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The network."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The data path."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """The optimizer and schedule."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Distribution, compile and memory."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The loop."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Merging and validation
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Checks `value` against the type hint and converts what YAML can't tell apart (int -> float)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected float, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {hint}")
+
+
+def merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> Any:
+    """Returns a copy of dataclass `obj` with nested `updates` applied and type-checked."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {updates!r}")
+    hints = _hints(type(obj))
+    changes = {}
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            known = ", ".join(hints)
+            raise ConfigError(f"{key}: unknown key (known here: {known})")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            changes[name] = merge(current, value, key + ".")
+        else:
+            changes[name] = _coerce(value, hints[name], key)
+    return dataclasses.replace(obj, **changes)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`a.b.c=value` -> {"a": {"b": {"c": value}}}; the value is parsed as YAML (`1e-3`, `[1, 2]`)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    path, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    value = _yaml_number(raw, value)
+    out: dict[str, Any] = {}
+    node = out
+    parts = path.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _yaml_number(raw: str, value: Any) -> Any:
+    """YAML 1.1 reads `3e-4` as a string; users mean a float."""
+    if isinstance(value, str):
+        try:
+            return float(raw)
+        except ValueError:
+            return value
+    return value
+
+
+def _deep_update(base: dict, extra: dict) -> dict:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Defaults < YAML file < overrides, validated. Raises ConfigError with one line."""
+    updates: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        with open(path) as f:
+            loaded = yaml.load(f, Loader=_FloatLoader) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        updates = loaded
+    for text in overrides:
+        _deep_update(updates, parse_override(text))
+    cfg = merge(Config(), updates)
+    if path is not None and not cfg.train.run_name:
+        cfg.train.run_name = Path(path).stem
+    validate(cfg)
+    return cfg
+
+
+class _FloatLoader(yaml.SafeLoader):
+    """SafeLoader that reads `3e-4` as a float (YAML 1.1 requires a dot)."""
+
+
+_FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    __import__("re").compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+SIZES = ("debug", "small", "base", "large", "huge")
+MASK_TYPES = ("random", "tube", "causal", "frame")
+
+
+def validate(cfg: Config) -> None:
+    """Impossible values, each named by its full key."""
+
+    def need(ok: bool, key: str, why: str):
+        if not ok:
+            raise ConfigError(f"{key}: {why}")
+
+    need(cfg.model.name in SIZES, "model.name", f"expected one of {', '.join(SIZES)}, got {cfg.model.name!r}")
+    patch = 14 if cfg.model.name == "huge" else 16
+    need(cfg.model.img_size > 0 and cfg.model.img_size % patch == 0,
+         "model.img_size", f"must be a positive multiple of the patch size ({patch})")
+    need(cfg.model.num_frames > 0 and cfg.model.num_frames % 2 == 0, "model.num_frames",
+         "must be a positive even number (temporal patch 2)")
+    any_data = False
+    for name in ("image", "video"):
+        ds: DatasetConfig = getattr(cfg.data, name)
+        key = f"data.{name}"
+        any_data |= bool(ds.root)
+        need(ds.replication >= 1, f"{key}.replication", "must be >= 1")
+        need(0.0 <= ds.mask_ratio < 1.0, f"{key}.mask_ratio", "must be in [0, 1)")
+        need(ds.mask_type in MASK_TYPES, f"{key}.mask_type", f"expected one of {', '.join(MASK_TYPES)}")
+        need(ds.repeat > 0, f"{key}.repeat", "must be > 0")
+        lo, hi = ds.crop_scale
+        need(0 < lo <= hi <= 1, f"{key}.crop_scale", "must satisfy 0 < low <= high <= 1")
+        need(0 <= ds.flip_p <= 1, f"{key}.flip_p", "must be in [0, 1]")
+        if ds.root:
+            need(cfg.train.batch_size % ds.replication == 0, f"{key}.replication",
+                 f"must divide train.batch_size ({cfg.train.batch_size})")
+    need(any_data, "data", "set data.image.root and/or data.video.root")
+    need(cfg.data.decode_backend in ("auto", "dali", "pyav"), "data.decode_backend", "expected auto, dali or pyav")
+    need(cfg.data.max_in_flight >= 1, "data.max_in_flight", "must be >= 1")
+    need(cfg.data.prefetch >= 1, "data.prefetch", "must be >= 1")
+    need(cfg.data.window_s > 0, "data.window_s", "must be > 0")
+    need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
+    need(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+    need(cfg.parallel.strategy in ("ddp", "fsdp"), "parallel.strategy", "expected ddp or fsdp")
+    need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(cfg.train.micro_batch >= 0, "train.micro_batch", "must be >= 0")
+    need(cfg.train.epochs > 0 or cfg.train.max_steps > 0, "train.epochs", "must be > 0 (or set train.max_steps)")
+    need(cfg.train.log_every >= 1, "train.log_every", "must be >= 1")
+    need(cfg.train.precision in ("auto", "bf16", "fp32"), "train.precision", "expected auto, bf16 or fp32")
+    need(cfg.train.keep_last >= 1, "train.keep_last", "must be >= 1")
+
+
+def derive(cfg: Config, *, world_size: int, dataset_sizes: dict[str, int]) -> dict[str, Any]:
+    """Values computed from the config in one logged place.
+
+    dataset_sizes: {"image": items, "video": items} as listed by the manifests (before replication).
+    """
+    global_batch = cfg.train.batch_size
+    if global_batch % world_size:
+        raise ConfigError(f"train.batch_size: {global_batch} is not divisible by the world size {world_size}")
+    per_rank = global_batch // world_size
+    micro = cfg.train.micro_batch or per_rank
+    if per_rank % micro:
+        raise ConfigError(f"train.micro_batch: {micro} does not divide the per-rank batch {per_rank}")
+    for name, size in dataset_sizes.items():
+        rep = getattr(cfg.data, name).replication
+        if micro % rep:
+            raise ConfigError(f"data.{name}.replication: {rep} does not divide the micro batch {micro}")
+    # An epoch is all samples of both data sets, replicas counted (paper 4.2): replication keeps the
+    # number of updates, it only reads fewer items.
+    samples_per_epoch = sum(n * getattr(cfg.data, k).repeat for k, n in dataset_sizes.items())
+    steps_per_epoch = max(1, math.floor(samples_per_epoch / global_batch))
+    total_steps = cfg.train.max_steps or max(1, round(cfg.train.epochs * steps_per_epoch))
+    warmup_steps = min(total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch))
+    lr = cfg.optim.lr * global_batch / cfg.optim.lr_batch
+    return {
+        "world_size": world_size,
+        "global_batch": global_batch,
+        "per_rank_batch": per_rank,
+        "micro_batch": micro,
+        "accumulation_steps": per_rank // micro,
+        "lr": lr,
+        "min_lr": cfg.optim.min_lr * global_batch / cfg.optim.lr_batch,
+        "samples_per_epoch": samples_per_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": warmup_steps,
+    }
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def describe(obj: Any = None, prefix: str = "") -> list[str]:
+    """One line per field: full key, default, docstring (for --help-config)."""
+    import ast
+    import inspect
+
+    obj = Config() if obj is None else obj
+    cls = type(obj)
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)
+    lines = []
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{prefix}{f.name}: {docs.get(f.name, '')}")
+            lines += describe(value, f"{prefix}{f.name}.")
+        else:
+            lines.append(f"  {prefix}{f.name} = {value!r}  # {docs.get(f.name, '')}")
+    return lines

@@ -1,0 +1,113 @@
+"""Distribution, compile and activation checkpointing, applied to an untouched model in one place.
+
+Order (torchtitan's): activation checkpointing -> torch.compile per block -> DDP or FSDP2. The model
+file knows nothing of any of it; checkpoints and evaluation use `unwrap(model)`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available (use train.device=cpu)")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def setup_distributed(device_name: str = "auto") -> DistInfo:
+    """RANK in the environment means torchrun: join the process group (nccl on GPUs, gloo on the CPU)."""
+    if "RANK" not in os.environ:
+        return DistInfo(device=pick_device(device_name))
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ["WORLD_SIZE"])
+    device = pick_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    return DistInfo(rank, local_rank, world_size, device)
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def parallelize(model: nn.Module, *, dist_info: DistInfo, compile: bool, strategy: str = "ddp",
+                activation_checkpointing: bool = False) -> nn.Module:
+    """Returns the module to train. `model.blocks` and `model.decoder_blocks` are wrapped in place."""
+    block_lists = [model.blocks, model.decoder_blocks]
+    if activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        for blocks in block_lists:
+            for i, block in enumerate(blocks):
+                blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+    if compile:
+        # Per block, static shapes: images and videos each compile once (kept-token counts are fixed
+        # by exact-count masking), and a graph break inside a block is an error, not a slow path.
+        for blocks in block_lists:
+            for block in blocks:
+                block.compile(fullgraph=True, dynamic=False)
+    if not dist_info.distributed:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for blocks in block_lists:
+            for block in blocks:
+                fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+    # Every parameter gets a gradient in both modalities, so no unused-parameter search is needed.
+    return DDP(model, device_ids=device_ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under DDP / compile wrappers (FSDP2 shards in place and needs no unwrapping)."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def all_reduce_mean(t: torch.Tensor, dist_info: DistInfo) -> torch.Tensor:
+    if dist_info.distributed:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist_info.world_size
+    return t
