@@ -10,12 +10,22 @@ import asyncio
 import heapq
 import itertools
 import random
+import sys
 import time
 from dataclasses import dataclass
 
 from loaders._backends import Backends
 from loaders._stats import ReaderStats
 from loaders.retry import backoff_delay, describe_error, is_transient
+
+
+if sys.version_info >= (3, 11):
+    async def _with_timeout(coro, timeout_s: float):
+        # asyncio.timeout cancels in place; wait_for would wrap every request in another task.
+        async with asyncio.timeout(timeout_s):
+            return await coro
+else:  # pragma: no cover - Python 3.10
+    _with_timeout = asyncio.wait_for
 
 
 class PrioritySlots:
@@ -145,7 +155,7 @@ class Fetcher:
             if tries.first_start is None:
                 tries.first_start = started
             try:
-                data = await asyncio.wait_for(self.backends.read(uri), self.timeout_s)
+                data = await _with_timeout(self.backends.read(uri), self.timeout_s)
             except asyncio.CancelledError:
                 self.stats.request_ended(started, None, cancelled=True)
                 raise

@@ -405,7 +405,8 @@ def index_folder(root: str | os.PathLike, layout: str = "auto", split: str = "tr
 
     def uri_of(path: Path) -> str:
         if base_url is not None:
-            return base_url.rstrip("/") + "/" + path.resolve().relative_to(root.resolve()).as_posix()
+            below = path.resolve().relative_to(root.resolve()).as_posix()
+            return base_url.rstrip("/") + "/" + below
         if relative:
             return Path(os.path.relpath(path.resolve(), anchor)).as_posix()
         return str(path.resolve())

@@ -98,7 +98,10 @@ def describe_error(exc: BaseException, timeout_s: float | None = None) -> str:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) and not str(exc):
         message = f"no answer within {timeout_s:g} s" if timeout_s else "timed out"
     else:
-        message = str(exc) or repr(exc)
+        try:
+            message = str(exc) or repr(exc)
+        except Exception:  # noqa: BLE001 - some library errors fail to format when half-built
+            message = "(message unavailable)"
     status = next((s for s in map(_http_status, _chain(exc)) if s is not None), None)
     prefix = f"HTTP {status} " if status is not None and str(status) not in message else ""
     return redact(f"{prefix}{type(exc).__name__}: {message}".replace("\n", " "))

@@ -24,6 +24,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,21 @@ from loaders.retry import FailureBudget, StorageError, describe_error
 __all__ = ["AsyncReader", "ReadResult", "StorageError", "redact"]
 
 _POLL_S = 0.5  # how often a blocked consumer checks that the reader is still alive
+
+# After fork, a reader's parent-side objects (HTTP sessions, pool, loop) belong to the parent:
+# closing or collecting them in the child could shut connections the parent still uses, so the
+# child keeps them referenced, untouched, for its lifetime.
+_FORK_ORPHANS: list = []
+_READERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for reader in list(_READERS):
+        reader._lock = threading.Lock()  # a copy may have been held by another thread at fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True, repr=False)
@@ -168,6 +184,7 @@ class AsyncReader:
         self._tickets = itertools.count()
         self._stats = ReaderStats()
         self._budget = FailureBudget(**self._budget_kwargs)
+        _READERS.add(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -178,7 +195,9 @@ class AsyncReader:
                 raise RuntimeError("AsyncReader is closed")
             if self._pid != os.getpid():
                 # First use, or first use in a forked child: the parent's loop thread, pool
-                # threads and connections do not exist here; drop them without touching them.
+                # threads and connections do not exist here; keep them without touching them.
+                if self._pid is not None:
+                    _FORK_ORPHANS.append((self._backends, self._executor, self._sessions))
                 self._pid = os.getpid()
                 self._sessions = set()
                 self._stats = ReaderStats()
@@ -244,6 +263,9 @@ class AsyncReader:
     def _deliver(self, items: Iterator, ordered: bool) -> Iterator[ReadResult]:
         loop_thread = self._runtime()
         cap = self.max_in_flight + self.reorder_window  # submitted, not yet delivered
+        # Top up in batches: one loop wake-up per batch, not per delivered result. The reads
+        # still in flight stay at max_in_flight while fewer than this many are buffered.
+        refill = max(1, min(self.reorder_window, self.max_in_flight) // 4)
         out: queue.Queue = queue.Queue(maxsize=cap)
         session = _Session(self._fetcher, self._stats, out)
         with self._lock:
@@ -255,7 +277,7 @@ class AsyncReader:
         exhausted = False
         try:
             while True:
-                if not exhausted and pending < cap:
+                if not exhausted and (pending <= cap - refill or pending == 0):
                     batch = []
                     for item in itertools.islice(items, cap - pending):
                         key, uri = _as_pair(item)

@@ -1,9 +1,9 @@
 """Deterministic synthetic datasets people can train on: SSv2-like videos and ImageNet-like images.
 
 Videos follow Something-Something v2's layout and JSON files, and their classes need time to tell
-apart: each class comes in a pair that differs only in the direction of a change (left to right vs
-right to left, growing vs shrinking, fading in vs out, clockwise vs counter-clockwise), so any single
-frame of one class could belong to its partner. Images are shapes on textured backgrounds, one shape
+apart: each class comes in a pair that differs only in the direction of a change (left to right
+vs right to left, growing vs shrinking, fading in vs out, clockwise vs counter-clockwise), so any
+single frame of one class could belong to its partner. Images are shapes on textured backgrounds, one shape
 per class, in ImageNet's `<split>/<class>/<file>.JPEG` folders.
 
 Everything is drawn with numpy (vectorized over pixels; a Python loop only over frames) from a seed:
@@ -365,14 +365,16 @@ def sample_clip_spec(rng: np.random.Generator, class_index: int, *, height: int 
         if motion == "right_to_left":
             a, b = b, a
         cx = a + (b - a) * _ramp(rng, T, (0.0, 0.25), (0.5, 1.0))
-        cy = rng.uniform(0.3, 0.7) * height + rng.uniform(-0.05, 0.05) * height * np.linspace(0, 1, T)
+        slope = rng.uniform(-0.05, 0.05) * height
+        cy = rng.uniform(0.3, 0.7) * height + slope * np.linspace(0, 1, T)
     elif motion in ("up", "down"):
         radius = rng.uniform(0.07, 0.12) * height * ones
         a, b = rng.uniform(0.75, 0.88) * height, rng.uniform(0.12, 0.25) * height
         if motion == "down":
             a, b = b, a
         cy = a + (b - a) * _ramp(rng, T, (0.0, 0.25), (0.5, 1.0))
-        cx = rng.uniform(0.25, 0.75) * width + rng.uniform(-0.05, 0.05) * width * np.linspace(0, 1, T)
+        slope = rng.uniform(-0.05, 0.05) * width
+        cx = rng.uniform(0.25, 0.75) * width + slope * np.linspace(0, 1, T)
     elif motion in ("towards", "away"):
         small = rng.uniform(0.05, 0.08) * height
         large = min(0.4 * height, small * rng.uniform(2.5, 4.0))
@@ -515,7 +517,8 @@ def _run_jobs(function, jobs: list, workers: int, progress: bool, what: str) -> 
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for result in pool.map(function, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+                chunk = max(1, len(jobs) // (8 * workers))
+                for result in pool.map(function, jobs, chunksize=chunk):
                     results.append(result)
                     bar.update()
     finally:
@@ -672,58 +675,91 @@ def make_image_dataset(root: str | os.PathLike, num_per_class_train: int,
                             list(classes), time.perf_counter() - start)
 
 
-DEMO_MARKER = ".omnimae_demo_complete.json"
+DEMO_MARKER = ".omnimae_demo.json"
 
 
-def make_demo_data(root: str | os.PathLike, *, num_train_videos: int = 200,
-                   num_val_videos: int = 40, images_per_class_train: int = 40,
-                   images_per_class_val: int = 10, seed: int = 0, codec: str = "vp9",
-                   height: int = 240, workers: int = 1, progress: bool = True) -> GeneratedDataset:
-    """Small video and image datasets for the CPU demo, with manifests for every split.
+def _demo_part(folder: Path, settings: dict, build, workers: int) -> tuple[dict[str, int], bool]:
+    """Make one demo data set in `folder` unless it is already complete with these settings.
 
-    Writes <root>/ssv2 (make_video_dataset), <root>/imagenet (make_image_dataset) and
-    manifests <root>/{ssv2,imagenet}/manifest_{train,val}.jsonl (see loaders.manifest), then a
-    marker file last. If the marker is there with the same settings, returns at once; with other
-    settings, the two generated folders are removed and made again.
+    A marker {"settings", "counts", "complete"} is written before generating (complete: false)
+    and again last (complete: true): a folder with an incomplete or differently made marker is
+    ours to wipe and remake; a non-empty folder without one is someone's data and is left alone.
+    Returns (counts, reused).
     """
-    root = Path(root)
-    settings = dict(num_train_videos=num_train_videos, num_val_videos=num_val_videos,
-                    images_per_class_train=images_per_class_train,
-                    images_per_class_val=images_per_class_val, seed=seed, codec=codec,
-                    height=height)
-    marker = root / DEMO_MARKER
-    video_root, image_root = root / "ssv2", root / "imagenet"
-    manifests = {f"{kind}_{split}": folder / f"manifest_{split}.jsonl"
-                 for kind, folder in (("video", video_root), ("image", image_root))
-                 for split in ("train", "val")}
+    marker = folder / DEMO_MARKER
     if marker.exists():
         try:
             done = json.loads(marker.read_text())
         except ValueError:
-            done = None
-        if done is not None and done.get("settings") == settings:
-            return GeneratedDataset(root, done["counts"], done["class_names"], 0.0, manifests,
-                                    reused=True)
-        marker.unlink()
-        for folder in (video_root, image_root):
-            shutil.rmtree(folder, ignore_errors=True)
-
-    start = time.perf_counter()
-    videos = make_video_dataset(video_root, num_train_videos, num_val_videos, seed=seed,
-                                codec=codec, height=height, workers=workers, progress=progress)
-    images = make_image_dataset(image_root, images_per_class_train, images_per_class_val,
-                                seed=seed, workers=workers, progress=progress)
-    for (kind, split), path in zip([(k, s) for k in ("video", "image") for s in ("train", "val")],
-                                   manifests.values()):
-        result = index_folder(video_root if kind == "video" else image_root,
-                              layout="ssv2" if kind == "video" else "imagenet", split=split,
-                              workers=workers, out=path)
+            done = {}
+        if done.get("complete") and done.get("settings") == settings:
+            return done["counts"], True
+        shutil.rmtree(folder)
+    elif folder.exists() and any(folder.iterdir()):
+        raise ValueError(f"{folder}: exists and holds no demo marker ({DEMO_MARKER}); refusing "
+                         "to write demo data into it")
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(marker, {"settings": settings, "complete": False})
+    counts = build()
+    for split in ("train", "val"):
+        result = index_folder(folder, split=split, workers=workers,
+                              out=folder / f"manifest_{split}.jsonl")
         if result.skipped:
-            first = result.skipped[0]
+            uri, reason = result.skipped[0]
             raise RuntimeError(f"demo data: {len(result.skipped)} generated files unreadable, "
-                               f"first {first[0]}: {first[1]}")
-    counts = {"video_train": num_train_videos, "video_val": num_val_videos,
-              "image_train": images.counts["train"], "image_val": images.counts["val"]}
-    class_names = videos.class_names + images.class_names
-    _write_json(marker, {"settings": settings, "counts": counts, "class_names": class_names})
-    return GeneratedDataset(root, counts, class_names, time.perf_counter() - start, manifests)
+                               f"first {uri}: {reason}")
+    _write_json(marker, {"settings": settings, "counts": counts, "complete": True})
+    return counts, False
+
+
+def make_demo_data(root: str | os.PathLike | None = None, *,
+                   video_root: str | os.PathLike | None = None,
+                   image_root: str | os.PathLike | None = None, num_train_videos: int = 200,
+                   num_val_videos: int = 40, images_per_class_train: int = 40,
+                   images_per_class_val: int = 10, seed: int = 0, codec: str = "vp9",
+                   height: int = 240, workers: int = 1, progress: bool = True) -> GeneratedDataset:
+    """Small video and image data sets for the CPU demo, with manifests for every split.
+
+    Videos (make_video_dataset) go to video_root, default <root>/ssv2; images
+    (make_image_dataset) to image_root, default <root>/imagenet; pass only one of the two
+    without root to make one kind. Each folder gets manifest_train.jsonl and manifest_val.jsonl
+    (see loaders.manifest) and a marker file written last: a folder already complete with the
+    same settings is left as it is (reused), one made with other settings is remade.
+    """
+    if root is not None:
+        video_root = video_root if video_root is not None else Path(root) / "ssv2"
+        image_root = image_root if image_root is not None else Path(root) / "imagenet"
+    if video_root is None and image_root is None:
+        raise ValueError("make_demo_data needs root, video_root or image_root")
+    for folder in (video_root, image_root):
+        if folder is not None and "://" in os.fspath(folder):
+            raise ValueError(f"{folder}: demo data is written to local folders only")
+    start = time.perf_counter()
+    counts, class_names, manifests, reused = {}, [], {}, True
+    if video_root is not None:
+        video_root = Path(video_root)
+        settings = dict(kind="video", seed=seed, train=num_train_videos, val=num_val_videos,
+                        codec=codec, height=height)
+        part, reused_part = _demo_part(video_root, settings, lambda: make_video_dataset(
+            video_root, num_train_videos, num_val_videos, seed=seed, codec=codec, height=height,
+            workers=workers, progress=progress).counts, workers)
+        counts.update(video_train=part["train"], video_val=part["validation"])
+        class_names += [c.name for c in VIDEO_CLASSES]
+        manifests.update(video_train=video_root / "manifest_train.jsonl",
+                         video_val=video_root / "manifest_val.jsonl")
+        reused &= reused_part
+    if image_root is not None:
+        image_root = Path(image_root)
+        settings = dict(kind="image", seed=seed, train=images_per_class_train,
+                        val=images_per_class_val)
+        part, reused_part = _demo_part(image_root, settings, lambda: make_image_dataset(
+            image_root, images_per_class_train, images_per_class_val, seed=seed,
+            workers=workers, progress=progress).counts, workers)
+        counts.update(image_train=part["train"], image_val=part["val"])
+        class_names += list(IMAGE_CLASSES)
+        manifests.update(image_train=image_root / "manifest_train.jsonl",
+                         image_val=image_root / "manifest_val.jsonl")
+        reused &= reused_part
+    where = Path(root) if root is not None else (video_root or image_root)
+    return GeneratedDataset(where, counts, class_names,
+                            0.0 if reused else time.perf_counter() - start, manifests, reused)

@@ -141,9 +141,8 @@ class _ItemLoader:
         t0 = time.perf_counter()
         batch = assemble_batch(clips, replication=self.replication, kind=self.modality, out_size=self.crop_size,
                                scale=self.crop_scale, flip_p=self.flip_p, mask_ratio=self.mask_ratio,
-                               mask_type=self.mask_type, patch_size=self.patch_size, generator=gen,
-                               device=self.device)
-        batch.labels = torch.tensor(labels, dtype=torch.int64, device=self.device)[batch.source]  # [B]
+                               mask_type=self.mask_type, patch_size=self.patch_size, labels=labels,
+                               generator=gen, device=self.device)
         stats["assembly"] = time.perf_counter() - t0
         batch.stats.update(stats)
         self.batches += 1

@@ -27,7 +27,10 @@ def train_main(argv: list[str] | None = None) -> int:
     if args.help_config:
         print("\n".join(describe()))
         return 0
-    if args.config is None:
+    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.config)  # no file: defaults + overrides only
+        args.config = None
+    if args.config is None and not args.overrides:
         _parser().error("a config file is required (try configs/demo.yaml)")
     try:
         cfg = load_config(args.config, args.overrides)

@@ -96,13 +96,15 @@ def _print(dist_info: DistInfo, *args) -> None:
 def train(cfg: Config) -> Path:
     """Runs (or resumes) the experiment; returns the run folder."""
     dist_info = setup_distributed(cfg.train.device)
+    preempt = Preemption().install()  # before any slow setup: a signal during it is not lost
     try:
-        return _train(cfg, dist_info)
+        return _train(cfg, dist_info, preempt)
     finally:
+        preempt.uninstall()
         teardown_distributed()
 
 
-def _train(cfg: Config, dist_info: DistInfo) -> Path:
+def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
     device = dist_info.device
     run_dir = Path(cfg.train.out_dir) / cfg.train.run_name
     torch.manual_seed(cfg.train.seed)
@@ -137,7 +139,6 @@ def _train(cfg: Config, dist_info: DistInfo) -> Path:
     autocast, precision = _precision(cfg, device)
     peak_flops = device_peak_flops(device)
     metrics = MetricsWriter(run_dir, enabled=dist_info.is_main)
-    preempt = Preemption().install()
     clock = StageClock()
 
     total = derived["total_steps"]
@@ -227,13 +228,12 @@ def _train(cfg: Config, dist_info: DistInfo) -> Path:
                 _draw(model, last_batches, run_dir, step, metrics, autocast)
     finally:
         bar.close()
-        preempt.uninstall()
 
     if stopped_by != "nonfinite":
         path = ckpt.save_training_state(run_dir, step=step, model=model, optimizer=optimizer, loader=loader,
                                         config=to_dict(cfg), dist_info=dist_info, keep_last=cfg.train.keep_last)
         _print(dist_info, f"checkpoint: {path}")
-    if dist_info.is_main and last_batches:
+    if dist_info.is_main and last_batches and stopped_by != "nonfinite":
         pictures = _draw(model, last_batches, run_dir, step, metrics, autocast)
         _print(dist_info, f"reconstructions: {', '.join(str(p) for p in pictures)}")
     wall = time.perf_counter() - run_t0

@@ -44,6 +44,7 @@ def reconstruct(model, pixels: torch.Tensor, mask: torch.Tensor, num_visible: in
 
 def _to_uint8(frame: torch.Tensor) -> np.ndarray:
     """[3, H, W] in [0, 1] -> [H, W, 3] uint8."""
+    frame = torch.nan_to_num(frame.float(), nan=0.0)
     return (frame.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
 
 

@@ -65,6 +65,19 @@ def resize_short_side(clip: torch.Tensor, short_side: int | None) -> torch.Tenso
     return out.permute(0, 2, 3, 1).contiguous()  # [T, H', W', 3]
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Move a host tensor to `device` without making the host wait for the GPU.
+
+    A copy from pageable memory blocks until the stream has run everything queued before it (the
+    training step, say); from pinned memory with non_blocking it is queued like a kernel. The
+    caching host allocator keeps the pinned block alive until the copy has run.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def check_inputs(datas: list, indices: list) -> None:
     """One list of frame indices per encoded item."""
     if len(datas) != len(indices):

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from loaders.decode.common import DecodeOutput, check_inputs, resize_short_side, short_reason
+from loaders.decode.common import DecodeOutput, check_inputs, resize_short_side, short_reason, to_device
 from loaders.decode.validate import probe_video
 
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
@@ -186,7 +186,7 @@ class DALIVideoDecoder:
         if self.dali_device == "cpu":
             clip = resize_short_side(clip, self.short_side)  # [U, H', W', 3], a new tensor
         if expand is not None:
-            clip = clip[expand.to(clip.device)]  # [T, H, W, 3]: repeated / reordered indices
+            clip = clip[to_device(expand, clip.device)]  # [T, H, W, 3]: repeated / reordered indices
         return clip
 
     # -- the public interface ---------------------------------------------------------------------

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
-from loaders.decode.common import DecodeOutput, check_inputs, resize_short_side, short_reason
+from loaders.decode.common import DecodeOutput, check_inputs, resize_short_side, short_reason, to_device
 
 # swscale flags that reproduce DALI's CPU decoder bit for bit at the source size: bilinear chroma
 # upsampling at full horizontal chroma resolution, accurate rounding.
@@ -140,7 +140,7 @@ class PyAVDecoder:
                 out.failures.append((position, reason))
             else:
                 tensor = torch.from_numpy(clip)
-                out.clips.append(tensor if self.device.type == "cpu" else tensor.to(self.device))
+                out.clips.append(to_device(tensor, self.device))
         return out
 
     decode_batch = decode

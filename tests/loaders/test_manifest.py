@@ -11,7 +11,7 @@ import pytest
 
 from loaders.manifest import (Manifest, ManifestEntry, index_folder, probe_video, read_manifest,
                               write_manifest)
-from loaders.synthetic import (IMAGE_CLASSES, VIDEO_CLASSES, encode_video, make_image_dataset,
+from loaders.synthetic import (VIDEO_CLASSES, encode_video, make_image_dataset,
                                make_video_dataset)
 
 ENTRIES = [

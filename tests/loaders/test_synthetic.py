@@ -271,3 +271,31 @@ def test_demo_data_is_complete_and_idempotent(tmp_path):
     assert not changed.reused
     assert len(read_manifest(changed.manifests["video_train"])) == 2
     assert len(list((tmp_path / "ssv2" / "videos").iterdir())) == 4  # 2 train + 2 val, no stale
+    assert (tmp_path / "imagenet" / "manifest_train.jsonl").stat().st_mtime_ns == \
+        first.manifests["image_train"].stat().st_mtime_ns  # the image set was not remade
+
+
+def test_demo_data_separate_roots_and_foreign_folders(tmp_path):
+    small = dict(num_train_videos=2, num_val_videos=1, images_per_class_train=1,
+                 images_per_class_val=1, height=32, progress=False)
+    only_images = make_demo_data(image_root=tmp_path / "images", **small)
+    assert set(only_images.manifests) == {"image_train", "image_val"}
+    assert not (tmp_path / "videos").exists()
+    both = make_demo_data(video_root=tmp_path / "videos", image_root=tmp_path / "images", **small)
+    assert not both.reused and both.counts == {"video_train": 2, "video_val": 1,
+                                               "image_train": 8, "image_val": 8}
+    assert make_demo_data(video_root=tmp_path / "videos", image_root=tmp_path / "images",
+                          **small).reused
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("user data")
+    with pytest.raises(ValueError, match="holds no demo marker"):
+        make_demo_data(video_root=tmp_path / "mine", **small)
+    assert (tmp_path / "mine" / "precious.txt").exists()
+    with pytest.raises(ValueError, match="needs root"):
+        make_demo_data()
+    # A run that died half way leaves an incomplete marker: the next call remakes the set.
+    marker = tmp_path / "videos" / synthetic.DEMO_MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "complete": False}))
+    (tmp_path / "videos" / "videos" / "1.webm").unlink()
+    assert not make_demo_data(video_root=tmp_path / "videos", **small).reused
+    assert (tmp_path / "videos" / "videos" / "1.webm").exists()

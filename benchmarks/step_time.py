@@ -1,0 +1,254 @@
+"""Model-only training speed on synthetic tensors: eager vs compiled, fp32 vs bf16, image vs video.
+
+Each measured step is the trainer's: forward (encoder on the visible tokens, decoder on all),
+backward, fused AdamW step. Inputs are random pixels (ImageNet-normalized) and exact-count random
+masks (90% of image tokens, 95% of video tokens hidden), made on the device before timing, so the
+figures hold the model alone, with no loader cost. Compiled means per block, through
+`omnimae.parallel.parallelize` exactly as the trainer does it.
+
+Warm-up steps (the first ones compile) are timed apart; then `--steps` measured steps between two
+device syncs. Reported: ms/step, steps/s, samples/s, TFLOP/s from `model.flops_per_sample`, MFU
+against the device's bf16 peak (GPUs the metrics table knows; none on the CPU), peak GPU memory.
+Then the compute-savings table of `omnimae.flops`.
+
+    python benchmarks/step_time.py                                   # CPU: debug model, ~2 min
+    python benchmarks/step_time.py --model base --device cuda --batch 64 --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from omnimae import flops as flops_table  # noqa: E402
+from omnimae.masking import make_mask, num_visible  # noqa: E402
+from omnimae.metrics import device_peak_flops  # noqa: E402
+from omnimae.model import IMAGENET_MEAN, IMAGENET_STD, SIZES, build_model  # noqa: E402
+from omnimae.parallel import DistInfo, parallelize  # noqa: E402
+from omnimae.train import param_groups  # noqa: E402
+
+MASK_RATIO = {"image": 0.90, "video": 0.95}
+DEFAULT_BATCH = {"cpu": 4, "cuda": 64}
+# Distinct synthetic batches cycled through the measured steps (each a fresh mask draw).
+NUM_BATCHES = 2
+
+
+def synthetic_batches(model, modality: str, batch: int, frames: int, device, seed: int):
+    """NUM_BATCHES (pixels, mask, kept) of random pixels in [0, 1], ImageNet-normalized."""
+    size = model.config.img_size
+    shape = (batch, 3, size, size) if modality == "image" else (batch, 3, frames, size, size)
+    g = torch.Generator(device=device).manual_seed(seed)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, *([1] * (len(shape) - 2)))
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, *([1] * (len(shape) - 2)))
+    grid = model.token_grid(shape)
+    kept = num_visible(grid[0] * grid[1] * grid[2], MASK_RATIO[modality])
+    out = []
+    for _ in range(NUM_BATCHES):
+        pixels = (torch.rand(shape, device=device, generator=g) - mean) / std  # [B, 3, (T,) H, W]
+        mask = make_mask("random", batch, grid, MASK_RATIO[modality], device=device, generator=g)  # [B, N]
+        out.append((pixels, mask, kept))
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(args, device: torch.device, modality: str, compiled: bool, precision: str) -> dict:
+    """One configuration on a fresh model: warm-up (compile) time, then the measured steps."""
+    torch.manual_seed(0)
+    model = build_model(args.model, img_size=args.img_size, num_frames=args.frames).to(device)
+    train_model = parallelize(model, dist_info=DistInfo(device=device), compile=compiled)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=True)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
+    batches = synthetic_batches(model, modality, args.batch, args.frames, device, seed=1)
+    kept = batches[0][2]
+    n = batches[0][1].shape[1]
+
+    def step(i: int) -> torch.Tensor:
+        pixels, mask, visible = batches[i % NUM_BATCHES]
+        with autocast:
+            loss, _ = train_model(pixels, mask, visible)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(args.warmup):
+        loss = step(i)
+    sync(device)
+    warmup_s = time.perf_counter() - t0
+
+    # Per-step times without syncs: exact on the CPU (it runs synchronously), launch times on a GPU,
+    # where only the total between the two syncs counts. Their median resists a shared CPU's noise.
+    t0 = time.perf_counter()
+    ends = []
+    for i in range(args.steps):
+        loss = step(i)
+        ends.append(time.perf_counter())
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    durations = sorted(b - a for a, b in zip([t0] + ends[:-1], ends))
+
+    flops = model.flops_per_sample(modality, 1 - kept / n)
+    samples_per_s = args.batch * args.steps / elapsed
+    peak = device_peak_flops(device)
+    row = {
+        "modality": modality, "compile": compiled, "precision": precision, "batch": args.batch,
+        "tokens": n, "visible": kept, "warmup_s": warmup_s, "ms_per_step": 1e3 * elapsed / args.steps,
+        "ms_per_step_median": 1e3 * durations[len(durations) // 2] if device.type == "cpu" else None,
+        "steps_per_s": args.steps / elapsed, "samples_per_s": samples_per_s,
+        "gflops_per_sample": flops / 1e9, "tflops": flops * samples_per_s / 1e12,
+        "mfu": flops * samples_per_s / peak if peak else None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "final_loss": float(loss),  # sync, after timing: shows the step ran on real numbers
+    }
+    del model, train_model, optimizer, batches
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def hardware(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": None, "peak_bf16_tflops": None}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        peak = device_peak_flops(device)
+        info["peak_bf16_tflops"] = peak / 1e12 if peak else None
+    return info
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (f"{'modality':8} {'compile':7} {'prec':5} {'batch':>5} {'vis/tok':>9} {'warmup s':>8} "
+              f"{'ms/step':>9} {'median':>8} {'steps/s':>8} {'samples/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'mem GiB':>7}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['modality']:8} {str(r['compile']):7} {r['precision']:5}  failed: {r['error']}")
+            continue
+        mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "     -"
+        mem = f"{r['peak_memory_gib']:7.2f}" if r["peak_memory_gib"] is not None else "      -"
+        median = f"{r['ms_per_step_median']:8.1f}" if r["ms_per_step_median"] is not None else "       -"
+        print(f"{r['modality']:8} {str(r['compile']):7} {r['precision']:5} {r['batch']:>5} "
+              f"{r['visible']:>4}/{r['tokens']:<4} {r['warmup_s']:8.1f} {r['ms_per_step']:9.1f} {median} "
+              f"{r['steps_per_s']:8.2f} {r['samples_per_s']:10.1f} {r['tflops']:8.3f} {mfu} {mem}")
+    # Compiled over eager, same modality and precision.
+    eager = {(r["modality"], r["precision"]): r for r in rows if "error" not in r and not r["compile"]}
+    for r in rows:
+        base = eager.get((r["modality"], r["precision"]))
+        if "error" not in r and r["compile"] and base:
+            speedup = base["ms_per_step"] / r["ms_per_step"]
+            line = f"compiled / eager, {r['modality']} {r['precision']}: {speedup:.2f}x steps/s"
+            if r["ms_per_step_median"] is not None:
+                line += f" ({base['ms_per_step_median'] / r['ms_per_step_median']:.2f}x by median step)"
+            print(line)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=sorted(SIZES), default="debug", help="model size")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"samples per step (default {DEFAULT_BATCH['cpu']} on the CPU, "
+                        f"{DEFAULT_BATCH['cuda']} on a GPU)")
+    p.add_argument("--steps", type=int, default=10, help="measured steps per configuration")
+    p.add_argument("--warmup", type=int, default=3, help="steps before timing (the first compiles)")
+    p.add_argument("--compile", choices=("both", "on", "off"), default="both",
+                   help="per-block torch.compile: eager, compiled or both")
+    p.add_argument("--precision", choices=("fp32", "bf16", "both"), default=None,
+                   help="fp32 and/or bf16 autocast (default: both on a GPU, fp32 on the CPU)")
+    p.add_argument("--modality", choices=("image", "video", "both"), default="both")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when available, else cpu")
+    p.add_argument("--img-size", type=int, default=224, help="input height and width")
+    p.add_argument("--frames", type=int, default=16, help="video frames")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    if args.batch is None:
+        args.batch = DEFAULT_BATCH[args.device]
+    if args.precision is None:
+        args.precision = "both" if args.device == "cuda" else "fp32"
+    if args.batch < 1 or args.steps < 1 or args.warmup < 1:
+        p.error("--batch, --steps and --warmup must be at least 1 (the warm-up compiles)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    modalities = ("image", "video") if args.modality == "both" else (args.modality,)
+    compiles = {"both": (False, True), "on": (True,), "off": (False,)}[args.compile]
+    precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
+
+    with torch.device("meta"):
+        config = build_model(args.model, img_size=args.img_size, num_frames=args.frames).config
+    hw = hardware(device)
+    print(f"step_time: model {args.model}, {args.device} ({hw['gpu'] or hw['cpu']}, "
+          f"{hw['torch_threads']} threads), torch {torch.__version__}, batch {args.batch}, "
+          f"{args.warmup} warm-up + {args.steps} measured steps")
+    rows = []
+    for modality in modalities:
+        for precision in precisions:
+            for compiled in compiles:
+                try:
+                    row = measure(args, device, modality, compiled, precision)
+                except Exception as e:  # e.g. bf16 autocast or compile unsupported here: report, go on
+                    row = {"modality": modality, "compile": compiled, "precision": precision,
+                           "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                    torch._dynamo.reset()
+                rows.append(row)
+                print(f"  {modality} compile={compiled} {precision}: "
+                      + (f"{row['ms_per_step']:.1f} ms/step" if "error" not in row else row["error"]),
+                      flush=True)
+    print()
+    print_table(rows)
+    print()
+    flops_table.main()
+
+    if args.out is not None:
+        report = {
+            "benchmark": "step_time", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "hardware": hw, "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
+                                         "python": platform.python_version()},
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "model_config": asdict(config), "mask_ratio": MASK_RATIO,
+            "results": rows, "compute_savings": flops_table.compute_savings_table(),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+    return 1 if any("error" in r for r in rows) and all("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The trainer end to end on the debug model and a tiny generated data set (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from omnimae import checkpoint as ckpt
+from omnimae.config import ConfigError
+from omnimae.metrics import read_jsonl
+from omnimae.train import lr_at, param_groups, train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """step -> the loss logged at that step (either modality)."""
+    out = {}
+    for record in read_jsonl(run_dir / "metrics.jsonl"):
+        value = record.get("loss/image", record.get("loss/video"))
+        out[record["step"]] = value
+    return out
+
+
+def test_lr_schedule_is_a_pure_function_of_the_step():
+    peak, total, warmup = 1e-3, 100, 10
+    values = [lr_at(s, peak=peak, floor=1e-5, warmup=warmup, total=total) for s in range(total)]
+    assert values[0] == pytest.approx(peak / warmup)
+    assert values[warmup - 1] == pytest.approx(peak)
+    assert all(a >= b for a, b in zip(values[warmup:], values[warmup + 1:]))  # cosine decays
+    assert values[-1] == pytest.approx(1e-5, abs=2e-6)
+
+
+def test_no_weight_decay_on_biases_norms_and_mask_token():
+    from omnimae.model import build_model
+
+    model = build_model("debug")
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert "mask_token" in {names[id(p)] for p in no_decay["params"]}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert all(names[id(p)].endswith(("bias", "weight", "mask_token")) for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_short_run_writes_metrics_checkpoint_and_pictures(tiny_config):
+    cfg = tiny_config(**{"train.max_steps": 8})
+    run_dir = train(cfg)
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 9))
+    modalities = {k for r in records for k in r if k.startswith("loss/")}
+    assert modalities == {"loss/image", "loss/video"}  # one modality per step, both present
+    for key in ("lr", "grad_norm", "step_time_s", "data_wait_share", "samples_per_s", "tflops_per_device"):
+        assert key in records[-1]
+    assert "mfu" not in records[-1]  # no peak on the CPU
+    resolved = json.loads((run_dir / "config.json").read_text())
+    assert resolved["derived"]["global_batch"] == 8 and resolved["derived"]["total_steps"] == 8
+    assert ckpt.checkpoint_dirs(run_dir)[-1].name == "step_00000008"
+    pictures = sorted((run_dir / "reconstructions").glob("*.png"))
+    assert {p.name.split("_")[0] for p in pictures} == {"image", "video"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["bottleneck"] in ("step", "read_wait", "decode", "assembly", "data_wait")
+    assert (run_dir / "tensorboard").is_dir()
+
+
+def test_loss_falls(tiny_config):
+    """40 video steps with raw-pixel targets: the last 5 losses average well below the first 5."""
+    cfg = tiny_config(**{"train.max_steps": 40, "optim.lr": 2e-3, "data.image.root": "",
+                         "model.norm_pix_loss": False, "train.run_name": "falls"})
+    run_dir = train(cfg)
+    values = [v for _, v in sorted(losses(run_dir).items())]
+    assert sum(values[-5:]) / 5 < 0.7 * sum(values[:5]) / 5
+
+
+def test_resume_reproduces_the_uninterrupted_losses_exactly(tiny_config):
+    full = train(tiny_config(**{"train.max_steps": 8, "train.run_name": "full"}))
+    # Interrupted: stop after 4 steps (a checkpoint at 4), then run again to 8 from it.
+    part = train(tiny_config(**{"train.max_steps": 4, "train.run_name": "part"}))
+    assert ckpt.checkpoint_dirs(part)[-1].name == "step_00000004"
+    resumed = train(tiny_config(**{"train.max_steps": 8, "train.run_name": "part"}))
+    assert resumed == part
+    a, b = losses(full), losses(part)
+    assert [a[s] for s in range(5, 9)] == [b[s] for s in range(5, 9)]  # bitwise equal on the CPU
+
+
+def test_bad_resume_path_is_one_clear_error(tiny_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="train.resume"):
+        train(tiny_config(**{"train.resume": str(tmp_path / "nowhere")}))
+
+
+def test_missing_data_root_points_to_omnimae_data(tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="omnimae-data synth video"):
+        train(tiny_config(**{"data.video.root": str(tmp_path / "no_such_set")}))
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_config, monkeypatch):
+    import omnimae.train as train_module
+
+    real = train_module.build_train_loader
+
+    class Poisoned:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __iter__(self):
+            for batch in self.loader:
+                batch.pixels = torch.full_like(batch.pixels, float("nan"))
+                yield batch
+
+        def __getattr__(self, name):
+            return getattr(self.loader, name)
+
+    monkeypatch.setattr(train_module, "build_train_loader", lambda *a, **k: Poisoned(real(*a, **k)))
+    cfg = tiny_config(**{"train.max_steps": 50, "train.max_nonfinite": 3, "train.log_every": 1,
+                         "train.run_name": "nan"})
+    with pytest.raises(SystemExit, match="non-finite"):
+        train(cfg)
+    records = read_jsonl(Path(cfg.train.out_dir) / "nan" / "metrics.jsonl")
+    assert records[-1]["nonfinite_steps"] == 3 and records[-1]["step"] == 3
+    assert not ckpt.checkpoint_dirs(Path(cfg.train.out_dir) / "nan")  # nothing poisoned was saved
+
+
+def _run_cli(args, env_extra=None, **kwargs):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "omnimae.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_sigterm_checkpoints_at_a_step_boundary_and_exits_0(tiny_data, tmp_path):
+    from tests.omnimae.conftest import tiny_overrides
+
+    run_dir = tmp_path / "runs" / "run"
+    proc = _run_cli(tiny_overrides(tiny_data, tmp_path / "runs", **{"train.max_steps": 10_000}))
+    deadline = time.time() + 120
+    metrics = run_dir / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.2)
+    assert metrics.exists(), proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "preemption" in out
+    saved = ckpt.checkpoint_dirs(run_dir)
+    assert saved and 0 < int(saved[-1].name.split("_")[1]) < 10_000
+
+
+def test_cli_reports_a_bad_key_in_one_line(tmp_path):
+    proc = _run_cli(["configs/demo.yaml", "train.batch_sise=4"])
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert out.strip().splitlines()[-1].startswith("omnimae-train: config: train.batch_sise: unknown key")
