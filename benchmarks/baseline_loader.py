@@ -14,7 +14,8 @@ the rule our loader uses, so both loaders decode the same amount of video.
 Batches are dicts:
   pixels [B, 3, T, S, S] float32 (ImageNet-normalized), mask [B, N] bool (True = hidden),
   num_visible int, labels [B] int64, source [B] int64 (the clip each sample was replicated from),
-  read_s [B / t] and decode_s [B / t] float64 per-clip seconds, assembly_s float64 [1].
+  read_s [B / t] and decode_s [B / t] float64 per-clip seconds, assembly_s float64 [1], and
+  cpu_s float64 [1]: the CPU seconds the worker spent on the batch (reads, decodes, collate).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class _KeepAliveHTTP:
 
 
 class VideoClipDataset(Dataset):
-    """Item i: (frames uint8 [T, 3, H', W'] with short side `short_side`, label, read_s, decode_s).
+    """Item i: (frames uint8 [T, 3, H', W'] with short side `short_side`, label, read_s, decode_s,
+    cpu_s), the seconds being wall time of the read and the decode, and the worker's CPU time.
 
     entries: objects with uri, label, num_frames, fps (ManifestEntry). The window start is drawn
     from a per-worker generator that DataLoader seeds differently in each worker.
@@ -124,13 +126,14 @@ class VideoClipDataset(Dataset):
         if self._rng is None:
             self._rng = np.random.default_rng(torch.initial_seed() % 2**63)
         entry = self.entries[index]
+        cpu0 = time.thread_time()  # the worker's one thread does it all (PyAV on one thread too)
         t0 = time.perf_counter()
         data = self.read(entry.uri)
         t1 = time.perf_counter()
         indices = sample_frame_indices(entry.num_frames, entry.fps, num_frames=self.num_frames,
                                        window_s=self.window_s, rng=self._rng)
         frames = self.decode(data, indices)
-        return frames, entry.label, t1 - t0, time.perf_counter() - t1
+        return frames, entry.label, t1 - t0, time.perf_counter() - t1, time.thread_time() - cpu0
 
 
 class ReplicatingCollate:
@@ -148,6 +151,7 @@ class ReplicatingCollate:
 
     def __call__(self, items: list) -> dict:
         t0 = time.perf_counter()
+        cpu0 = time.thread_time()
         t = self.replication
         # One crop box per replica, shared by its T frames: v2 transforms treat [T, 3, H, W] as one image.
         crops = [self.crop(frames) for frames, *_ in items for _ in range(t)]  # B x [T, 3, S, S] uint8
@@ -165,6 +169,8 @@ class ReplicatingCollate:
             "read_s": torch.tensor([item[2] for item in items], dtype=torch.float64),
             "decode_s": torch.tensor([item[3] for item in items], dtype=torch.float64),
             "assembly_s": torch.tensor([time.perf_counter() - t0], dtype=torch.float64),
+            "cpu_s": torch.tensor([time.thread_time() - cpu0 + sum(item[4] for item in items)],
+                                  dtype=torch.float64),
         }
 
 

@@ -33,7 +33,8 @@ class Backends:
         self.executor = executor
         self.pool_size = pool_size
         self._options = storage_options or {}
-        self._filesystems: dict[tuple, fsspec.AbstractFileSystem] = {}
+        self._filesystems: dict[tuple, fsspec.AbstractFileSystem] = {}  # (class, options) -> fs
+        self._by_protocol: dict[str, fsspec.AbstractFileSystem] = {}     # fast path per read
 
     def options_for(self, protocol: str) -> dict:
         """storage_options is either one dict for every protocol or {protocol: dict}."""
@@ -45,6 +46,9 @@ class Backends:
 
     def filesystem(self, protocol: str) -> fsspec.AbstractFileSystem:
         """The filesystem for `protocol`, created on first use with the pool sized to the reader."""
+        fs = self._by_protocol.get(protocol)
+        if fs is not None:
+            return fs
         cls = fsspec.get_filesystem_class(protocol)
         options = self.options_for(protocol)
         # A token, not the options themselves: they may hold keys and must never be printed.
@@ -53,6 +57,7 @@ class Backends:
         if fs is None:
             fs = self._create(cls, protocol, options)
             self._filesystems[token] = fs
+        self._by_protocol[protocol] = fs
         return fs
 
     def _create(self, cls, protocol: str, options: dict) -> fsspec.AbstractFileSystem:
@@ -89,7 +94,7 @@ class Backends:
 
     async def close(self) -> None:
         """Close the HTTP sessions of every filesystem created here."""
-        filesystems, self._filesystems = list(self._filesystems.values()), {}
+        filesystems, self._filesystems, self._by_protocol = list(self._filesystems.values()), {}, {}
         for fs in filesystems:
             for attr in ("_s3", "_session"):  # s3fs's botocore client; http/gcsfs aiohttp session
                 client = getattr(fs, attr, None)

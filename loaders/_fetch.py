@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import random
 import sys
 import time
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 
 from loaders._backends import Backends
 from loaders._stats import ReaderStats
+from loaders.redact import redact
 from loaders.retry import backoff_delay, describe_error, is_transient
+
+logger = logging.getLogger(__name__)
 
 
 if sys.version_info >= (3, 11):
@@ -106,6 +110,9 @@ class Fetcher:
                 error = exc
                 if not is_transient(exc):
                     break
+                if retry < self.retries and logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("retrying %s after %s", redact(uri),
+                                 describe_error(exc, self.timeout_s))
                 continue
             return FetchOutcome(data, None, self._since(tries), tries.requests)
         kind = "transient" if is_transient(error) else "permanent"
@@ -118,14 +125,22 @@ class Fetcher:
         return 0.0 if tries.first_start is None else time.perf_counter() - tries.first_start
 
     async def _attempt(self, ticket: int, uri: str, tries: _Attempts) -> bytes:
-        """One try: a request, and a hedge if it is still out after `hedge_after_s`."""
+        """One try: a request, and a hedge if it is still out `hedge_after_s` after it was sent
+        (time spent waiting for a slot does not count: that is not the storage being slow)."""
         if self.hedge_after_s is None:
             return await self._request(ticket, uri, tries, hedge=False)
-        primary = asyncio.ensure_future(self._request(ticket, uri, tries, hedge=False))
+        sent = asyncio.Event()
+        primary = asyncio.ensure_future(self._request(ticket, uri, tries, hedge=False, sent=sent))
         hedge = None
         try:
-            done, _ = await asyncio.wait({primary}, timeout=self.hedge_after_s)
-            if done:
+            sent_wait = asyncio.ensure_future(sent.wait())
+            try:
+                await asyncio.wait({primary, sent_wait}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sent_wait.cancel()
+            if not primary.done():
+                await asyncio.wait({primary}, timeout=self.hedge_after_s)
+            if primary.done():
                 return primary.result()
             hedge = asyncio.ensure_future(self._request(ticket, uri, tries, hedge=True))
             pending, first_error = {primary, hedge}, None
@@ -145,12 +160,15 @@ class Fetcher:
             if losers:
                 await asyncio.gather(*losers, return_exceptions=True)
 
-    async def _request(self, ticket: int, uri: str, tries: _Attempts, hedge: bool) -> bytes:
+    async def _request(self, ticket: int, uri: str, tries: _Attempts, hedge: bool,
+                       sent: asyncio.Event | None = None) -> bytes:
         await self.slots.acquire(ticket)
         try:
             tries.requests += 1
             if hedge:
                 self.stats.hedges += 1
+            if sent is not None:
+                sent.set()
             started = self.stats.request_started()
             if tries.first_start is None:
                 tries.first_start = started

@@ -104,7 +104,8 @@ def _axis_grid(start: torch.Tensor, length: torch.Tensor, size: int, out_size: i
 
 def resized_crops(clips: Sequence[torch.Tensor], boxes: torch.Tensor, flips: torch.Tensor | None = None, *,
                   replication: int = 1, out_size: int = 224, interpolation: str = "bilinear",
-                  normalize: bool = True, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  normalize: bool = True,
+                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop `replication` boxes out of every clip and resize each to out_size x out_size.
 
     clips: n uint8 tensors, channels last: videos [T, H, W, 3] (same T for all), images [H, W, 3].
@@ -200,6 +201,12 @@ def replicate_and_augment(clips: Sequence[torch.Tensor] | torch.Tensor, *, repli
     if replication < 1:
         raise ValueError(f"replication must be >= 1, got {replication}")
     clips = list(clips)
+    if not clips:
+        raise ValueError("no clips to augment")
+    want = 4 if kind == VIDEO else 3
+    if any(clip.dim() != want for clip in clips):
+        raise ValueError(f"{kind} clips must be {'[T, H, W, 3]' if kind == VIDEO else '[H, W, 3]'}; "
+                         f"got shapes {sorted({tuple(c.shape) for c in clips})[:3]}")
     defaults = DEFAULTS[kind]
     scale = tuple(scale) if scale is not None else defaults["scale"]
     interpolation = interpolation or defaults["interpolation"]

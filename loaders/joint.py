@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Iterator
 
 import numpy as np
@@ -92,6 +93,10 @@ class JointLoader:
             self._queue.put(_DONE)
 
     def _start(self) -> None:
+        # The position before the first batch, taken before the producer moves the loaders on:
+        # state_dict() before anything is consumed must not count prefetched batches.
+        if self._consumed_state is None:
+            self._consumed_state = self._snapshot(self.epoch, self.position)
         self._queue = queue.Queue(maxsize=self.prefetch)
         self._thread = threading.Thread(target=self._produce, name="omnimae-joint-loader", daemon=True)
         self._thread.start()
@@ -99,13 +104,17 @@ class JointLoader:
     # ---- consumption -------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Batch]:
+        if self._stop.is_set():
+            raise RuntimeError("JointLoader is closed")
         if self._thread is None:
             self._start()
         while True:
             item = self._queue.get()
             if item is _DONE:
+                self._queue.put(_DONE)  # the producer is gone: every later call raises too
                 raise RuntimeError(f"data loader failed: {self._error}") from self._error
             self._consumed_state = item.stats.pop("state")
+            self.epoch, self.position = self._consumed_state["epoch"], self._consumed_state["position"]
             yield item
 
     def state_dict(self) -> dict:
@@ -125,10 +134,15 @@ class JointLoader:
     def stats(self) -> dict:
         return {name: loader.stats() for name, loader in self.loaders.items()}
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Stop the producer (it finishes the batch it is building), then close the loaders.
+
+        A producer stuck longer than `timeout_s` (storage that never answers) is unblocked by
+        closing the loaders' readers under it, which makes its pending read raise."""
         self._stop.set()
+        deadline = time.monotonic() + timeout_s
         if self._thread is not None:
-            while self._thread.is_alive():
+            while self._thread.is_alive() and time.monotonic() < deadline:
                 try:  # unblock a producer waiting on a full queue
                     self._queue.get_nowait()
                 except queue.Empty:
@@ -136,3 +150,6 @@ class JointLoader:
                 self._thread.join(timeout=0.1)
         for loader in self.loaders.values():
             loader.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None

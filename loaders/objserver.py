@@ -72,7 +72,8 @@ class ObjectServer:
                  port: int = 0, seed: int = 0):
         if isinstance(root_or_objects, dict):
             self.root = None
-            self._objects = {name.lstrip("/"): bytes(data) for name, data in root_or_objects.items()}
+            self._objects = {name.lstrip("/"): bytes(data)
+                             for name, data in root_or_objects.items()}
         else:
             self.root = Path(root_or_objects).resolve()
             if not self.root.is_dir():
@@ -95,8 +96,9 @@ class ObjectServer:
         self._port = port
         self._rng = random.Random(seed)
         self._lock = threading.Lock()  # hooks are set from the test thread, read on the loop
-        self._faults: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
-        self._delays: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        # path -> faults / extra delays still to inject, in order
+        self._faults: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._delays: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self.faults_injected: collections.Counter[str] = collections.Counter()
         self.peers: set[tuple] = set()  # client (host, port) seen: one per connection used
@@ -299,8 +301,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="share of connections reset instead of answered")
     parser.add_argument("--seed", type=int, default=0, help="seed of the jitter and fault draws")
     args = parser.parse_args(argv)
-    server = ObjectServer(args.root, latency_s=args.latency_ms / 1000, jitter_s=args.jitter_ms / 1000,
-                          bandwidth_bps=args.bandwidth, error_rate=args.error_rate,
+    server = ObjectServer(args.root, latency_s=args.latency_ms / 1000,
+                          jitter_s=args.jitter_ms / 1000, bandwidth_bps=args.bandwidth, error_rate=args.error_rate,
                           reset_rate=args.reset_rate, host=args.host, port=args.port,
                           seed=args.seed)
     server.start()

@@ -1,7 +1,7 @@
 """Strip credentials from uris and error text before they reach a log, an exception or a result.
 
-Three kinds of secret travel with storage uris: userinfo (`https://user:pass@host/...`), the query of
-a signed URL (`?X-Amz-Credential=...&X-Amz-Signature=...`, GCS `X-Goog-Signature`, Azure SAS
+Three kinds of secret travel with storage uris: userinfo (`https://user:pass@host/...`), the query
+of a signed URL (`?X-Amz-Credential=...&X-Amz-Signature=...`, GCS `X-Goog-Signature`, Azure SAS
 `sig=`), and storage options echoed by a library into an error (`'secret': '...'`). `redact` removes
 all three from any text; storage options themselves are never formatted anywhere in this package.
 """
@@ -26,14 +26,17 @@ _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#@]*@")
 # `name=value` or `'name': 'value'` outside URLs (dict reprs, header dumps, botocore messages).
 _ASSIGNMENT = re.compile(
     r"""(?ix)
-    (\b(?:aws_secret_access_key|aws_session_token|aws_access_key_id|secret_access_key|secret|password
-        |passwd|token|access_token|signature|credential|x-amz-signature|x-amz-credential
+    (\b(?:aws_secret_access_key|aws_session_token|aws_access_key_id|secret_access_key|secret
+        |password|passwd|token|access_token|signature|credential|x-amz-signature|x-amz-credential
         |x-amz-security-token|x-goog-signature|x-goog-credential|sig|api_key|apikey)
      ['"]?\s*[:=]\s*)
     (['"]?)[^'"\s&,;}]+\2
     """
 )
-_AUTH_SCHEME = re.compile(r"(?i)\b(Bearer|Basic|AWS4-HMAC-SHA256|AWS)\s+[A-Za-z0-9+/=._\-:]{8,}")
+# Header dumps: the whole value of an Authorization header, and bare bearer tokens.
+_AUTH_HEADER = re.compile(
+    r"(?i)\b((?:proxy-)?authorization|x-api-key)(['\"]?\s*[:=]\s*)(['\"]?)[^'\"\n]+")
+_BEARER = re.compile(r"\bBearer\s+[A-Za-z0-9\-._~+/]+=*")
 
 
 def _redact_url(match: re.Match) -> str:
@@ -59,5 +62,6 @@ def redact(text: object) -> str:
     'https://***@host/a.mp4?***'
     """
     out = _URL.sub(_redact_url, str(text))
+    out = _AUTH_HEADER.sub(lambda m: m.group(1) + m.group(2) + m.group(3) + MASK, out)
     out = _ASSIGNMENT.sub(lambda m: m.group(1) + MASK, out)
-    return _AUTH_SCHEME.sub(lambda m: m.group(1) + " " + MASK, out)
+    return _BEARER.sub("Bearer " + MASK, out)

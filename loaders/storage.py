@@ -162,6 +162,11 @@ class AsyncReader:
             raise ValueError(f"reorder_window must be >= 0, got {reorder_window}")
         if storage_options is not None and not isinstance(storage_options, dict):
             raise TypeError(f"storage_options must be a dict, got {type(storage_options).__name__}")
+        self._config = dict(max_in_flight=max_in_flight, timeout_s=timeout_s, retries=retries,
+                            hedge_after_s=hedge_after_s, storage_options=storage_options,
+                            reorder_window=reorder_window, backoff_base_s=backoff_base_s,
+                            backoff_max_s=backoff_max_s, max_failure_share=max_failure_share,
+                            failure_window=failure_window, seed=seed)
         self.max_in_flight = max_in_flight
         self.timeout_s = timeout_s
         self.retries = retries
@@ -232,6 +237,14 @@ class AsyncReader:
         finally:
             self._executor.shutdown(wait=True, cancel_futures=True)
             _aio_loop.release(loop_thread)
+
+    def __getstate__(self) -> dict:
+        # Pickled into spawned workers (DataLoader, DALI): the settings travel, the loop,
+        # pools and connections are per process and start afresh on first use.
+        return {"config": self._config}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["config"])
 
     def __enter__(self) -> AsyncReader:
         return self
@@ -333,8 +346,8 @@ class AsyncReader:
             return
         try:
             loop_thread.run(session.cancel(), timeout=30.0)
-        except RuntimeError:
-            pass  # the loop stopped meanwhile (close() from another thread): nothing is left
+        except (RuntimeError, TimeoutError, concurrent.futures.TimeoutError):
+            pass  # the loop stopped meanwhile (close() elsewhere, interpreter exit)
 
     def stats(self) -> dict:
         """Counters since this reader started in this process; see loaders._stats."""

@@ -69,6 +69,9 @@ class _ItemLoader:
         self.batches = 0  # batches built so far: seeds the randomness of the next one
         self.failures = 0
         self.failure_log: list[tuple[str, str]] = []  # (uri, reason), the latest ones
+        self.items = 0  # items read and handed to the decoder (B / t per batch when none fail)
+        self.decoded = 0  # items that decoded into a clip
+        self._consecutive_failures = 0  # read or decode failures since the last good item
 
     # ---- the read stream ---------------------------------------------------------------------
 
@@ -84,7 +87,6 @@ class _ItemLoader:
         if self._stream is None:
             self._stream = self.reader.read_many(self._keyed_indices(), ordered=True)
         out, waited = [], 0.0
-        consecutive = 0
         while len(out) < n:
             t0 = time.perf_counter()
             result = next(self._stream)
@@ -93,19 +95,20 @@ class _ItemLoader:
             self._resume_state = state
             if result.ok and result.data:
                 out.append((index, result.data))
-                consecutive = 0
                 continue
-            self._count_failure(result.uri, result.error or "empty object")
-            consecutive += 1
-            if consecutive >= MAX_CONSECUTIVE_FAILURES:
-                raise RuntimeError(f"{consecutive} {self.modality} items in a row could not be read; "
-                                   f"last: {redact(result.uri)}: {result.error}")
+            self._count_failure(result.uri, result.error or "empty file")
         return out, waited
 
     def _count_failure(self, uri: str, reason: str) -> None:
+        """Count and log one skipped item; raise once MAX_CONSECUTIVE_FAILURES items in a row
+        failed (reads and decodes alike: a data set of only corrupt files must not spin forever)."""
         self.failures += 1
+        self._consecutive_failures += 1
         self.failure_log = (self.failure_log + [(redact(uri), reason)])[-100:]
         log.warning("skipped %s item %s: %s (%d skipped so far)", self.modality, redact(uri), reason, self.failures)
+        if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            raise RuntimeError(f"{self._consecutive_failures} {self.modality} items in a row could not be read "
+                               f"or decoded; last: {redact(uri)}: {reason}")
 
     # ---- a batch -----------------------------------------------------------------------------
 
@@ -131,13 +134,16 @@ class _ItemLoader:
             output = self._decode(items, rng)
             stats["decode"] += time.perf_counter() - t0
             stats["items"] += len(items)
+            self.items += len(items)
             for (index, _), clip in zip(items, output.clips):
                 if clip is not None:
                     clips.append(clip)
                     labels.append(self.manifest[index].label)
+                    self.decoded += 1
+                    self._consecutive_failures = 0
             for position, reason in output.failures:
-                self._count_failure(self.manifest[items[position][0]].uri, reason)
                 stats["skipped"] += 1
+                self._count_failure(self.manifest[items[position][0]].uri, reason)
         t0 = time.perf_counter()
         batch = assemble_batch(clips, replication=self.replication, kind=self.modality, out_size=self.crop_size,
                                scale=self.crop_scale, flip_p=self.flip_p, mask_ratio=self.mask_ratio,
@@ -157,7 +163,8 @@ class _ItemLoader:
     def state_dict(self) -> dict:
         """The position after the last batch handed out (reads in flight beyond it are not counted)."""
         sampler_state = getattr(self, "_resume_state", None) or self.sampler.state_dict()
-        return {"sampler": sampler_state, "batches": self.batches, "failures": self.failures}
+        return {"sampler": sampler_state, "batches": self.batches, "failures": self.failures,
+                "items": self.items, "decoded": self.decoded}
 
     def load_state_dict(self, state: dict) -> None:
         if self._stream is not None:
@@ -166,16 +173,22 @@ class _ItemLoader:
         self._resume_state = state["sampler"]
         self.batches = int(state["batches"])
         self.failures = int(state["failures"])
+        self.items = int(state.get("items", 0))
+        self.decoded = int(state.get("decoded", 0))
 
     def stats(self) -> dict:
-        return {"failures": self.failures, "batches": self.batches, "reader": self.reader.stats(),
-                "recent_failures": self.failure_log[-5:]}
+        return {"batches": self.batches, "items": self.items, "decoded": self.decoded, "failures": self.failures,
+                "reader": self.reader.stats(), "recent_failures": self.failure_log[-5:]}
 
     def close(self) -> None:
+        """Stop the reads in flight, the reader (if this loader made it) and the decoder's threads."""
         if self._stream is not None and hasattr(self._stream, "close"):
             self._stream.close()
         if self._own_reader:
             self.reader.close()
+        decoder = getattr(self, "decoder", None)
+        if decoder is not None and hasattr(decoder, "close"):
+            decoder.close()
 
 
 class VideoLoader(_ItemLoader):
@@ -202,11 +215,6 @@ class VideoLoader(_ItemLoader):
             indices.append(sample_frame_indices(entry.num_frames, entry.fps, num_frames=self.num_frames,
                                                 window_s=self.window_s, rng=rng))
         return self.decoder.decode([data for _, data in items], indices)
-
-    def close(self) -> None:
-        super().close()
-        if hasattr(self.decoder, "close"):
-            self.decoder.close()
 
 
 class ImageLoader(_ItemLoader):

@@ -48,7 +48,8 @@ def _to_uint8(frame: torch.Tensor) -> np.ndarray:
     return (frame.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
 
 
-def reconstruction_grid(masked, prediction, original, *, samples: int = 2, frames: int = 4) -> np.ndarray:
+def reconstruction_grid(masked, prediction, original, *, samples: int = 2, frames: int = 4,
+                        labels: tuple[str, str, str] = ("masked", "predicted", "original")) -> np.ndarray:
     """Rows: (masked, prediction, original) per sample; columns: up to `frames` frames of each clip."""
     b, _, t, h, w = original.shape
     frame_ids = np.unique(np.linspace(0, t - 1, min(frames, t)).round().astype(int))
@@ -64,7 +65,7 @@ def reconstruction_grid(masked, prediction, original, *, samples: int = 2, frame
     image = Image.fromarray(grid)
     draw = ImageDraw.Draw(image)
     for r in range(len(rows)):
-        draw.text((4, r * (h + pad) + h // 2 - 6), ("masked", "predicted", "original")[r % 3], fill=(0, 0, 0))
+        draw.text((4, r * (h + pad) + h // 2 - 6), labels[r % 3], fill=(0, 0, 0))
     return np.asarray(image)
 
 
@@ -80,8 +81,11 @@ def save_reconstructions(model, batches: dict[str, Batch] | Batch, out_dir: Path
         n = min(samples, len(batch))
         masked, prediction, original = reconstruct(model, batch.pixels[:n], batch.mask[:n], batch.num_visible,
                                                    autocast)
+        # A normalized-pixel model predicts structure only; its colours are borrowed from the input.
+        middle = "pred*stats" if model.config.norm_pix_loss else "predicted"
         grid = reconstruction_grid(masked, prediction, original, samples=n,
-                                   frames=1 if modality == "image" else 4)
+                                   frames=1 if modality == "image" else 4,
+                                   labels=("masked", middle, "original"))
         path = out_dir / f"{modality}_step{step:08d}.png"
         Image.fromarray(grid).save(path)
         if metrics is not None:

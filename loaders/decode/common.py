@@ -50,7 +50,7 @@ def resize_short_side(clip: torch.Tensor, short_side: int | None) -> torch.Tenso
     Bilinear with antialiasing (pixel centres aligned), like DALI's `fn.resize` with
     interp_type=INTERP_LINEAR, antialias=True. On the CPU this is torch's uint8 channels-last
     kernel: ~5 ms for 16 frames 240x426 -> 256x454 on one core, ten times faster than DALI's CPU
-    resize, so every CPU path resizes here (both CPU backends then give identical pixels).
+    resize, so DALI's CPU path resizes here; images capped in size too.
     """
     height, width = clip.shape[1:3]
     size = resized_shape(height, width, short_side)

@@ -6,10 +6,9 @@ One pipeline per `pipelines`, each fed by `fn.external_source` and run on its ow
     frames   external_source  int32 [T]      the frame indices of the clip (loaders.frames)
       -> fn.decoders.video(encoded, frames=frames, device="cpu" | "mixed")   uint8 [T', H, W, 3]
       -> fn.resize(resize_shorter=short_side, linear, antialias)              uint8 [T', H', W', 3]
-         (mixed only: on the GPU DALI resizes the whole batch in one kernel; on the CPU DALI's
-         resize costs ~45 ms per 16-frame 240p clip on one core, 3x the decode, so the CPU path
-         resizes with torch's uint8 kernel instead, ~5 ms: `common.resize_short_side`, the same
-         function PyAV uses, so DALI-CPU and PyAV frames are identical)
+         (mixed only: on the GPU DALI resizes the whole batch in one kernel. On the CPU, DALI's
+         resize costs ~45 ms per 16-frame 240p clip on one core, about twice the decode, so the
+         CPU path resizes with torch's uint8 kernel instead, ~5 ms: `common.resize_short_side`)
 
 DALI 2.x's `fn.decoders.video` takes arbitrary per-sample frame indices (`frames`, a TensorList
 argument); it sorts them, seeks to the nearest keyframe when a jump is over 10 frames and otherwise
@@ -107,13 +106,14 @@ class DALIVideoDecoder:
     num_frames: frames per clip, a size hint for DALI's output buffers.
     pipelines: pipelines run round robin, each on its own thread (more than one NVDEC engine).
     validate: probe every item before feeding it (see the module docstring); leave it on.
+    probe_threads: threads for those probes, shared by the pipelines (default num_threads).
     """
 
     name = "dali"
 
     def __init__(self, batch_size: int, *, device: str = "cpu", device_id: int | None = None,
                  num_threads: int = 2, short_side: int | None = 256, num_frames: int = 16,
-                 pipelines: int = 1, validate: bool = True):
+                 pipelines: int = 1, validate: bool = True, probe_threads: int | None = None):
         if device not in ("cpu", "mixed"):
             raise ValueError(f"device must be 'cpu' or 'mixed', got {device!r}")
         if device == "mixed" and device_id is None:
@@ -134,21 +134,27 @@ class DALIVideoDecoder:
                                   bytes_per_sample_hint=num_frames * (short_side or 0) * long_side * 3)
 
         self._slots = [_Slot(make_pipeline, f"dali{k}") for k in range(pipelines)]
+        self._probe_pool = ThreadPoolExecutor(probe_threads or num_threads, thread_name_prefix="probe")
         self._lock = threading.Lock()
         self._next = 0
 
     # -- one chunk, on its slot's thread ---------------------------------------------------------
 
+    def _probe(self, data, index: np.ndarray) -> str | None:
+        if index.ndim != 1 or index.size == 0 or index.min() < 0:
+            return f"bad frame indices {index.tolist()!r}"
+        if not self.validate:
+            return None
+        return probe_video(data, needed_frames=int(index.max()) + 1, codecs=self.codecs)
+
     def _decode_chunk(self, slot: _Slot, datas: list, indices: list) -> DecodeOutput:
         out = DecodeOutput(clips=[None] * len(datas))
+        indices = [np.asarray(index, dtype=np.int64) for index in indices]
+        # ~2-4 ms per item (av.open probes the stream): spread over the probe pool, which
+        # FFmpeg's open/demux let run in parallel (they release the GIL).
+        reasons = list(self._probe_pool.map(self._probe, datas, indices))
         good, encoded, frames, expand = [], [], [], []
-        for position, (data, index) in enumerate(zip(datas, indices)):
-            index = np.asarray(index, dtype=np.int64)
-            if index.ndim != 1 or index.size == 0 or index.min() < 0:
-                out.failures.append((position, f"bad frame indices {index.tolist()!r}"))
-                continue
-            reason = probe_video(data, needed_frames=int(index.max()) + 1,
-                                 codecs=self.codecs) if self.validate else None
+        for position, (data, index, reason) in enumerate(zip(datas, indices, reasons)):
             if reason is not None:
                 out.failures.append((position, reason))
                 continue
@@ -214,6 +220,7 @@ class DALIVideoDecoder:
             slot.executor.shutdown(wait=True)
             slot.pipe = None
         self._slots = []
+        self._probe_pool.shutdown(wait=True)
 
     def __enter__(self) -> "DALIVideoDecoder":
         return self

@@ -183,6 +183,8 @@ def test_bad_clips_are_refused_with_a_clear_error():
                                torch.zeros(2, 8, 8, 3, dtype=torch.uint8)], generator=gen())
     with pytest.raises(ValueError, match="kind"):
         replicate_and_augment([torch.zeros(8, 8, 3, dtype=torch.uint8)], kind="audio")
+    with pytest.raises(ValueError, match=r"video clips must be \[T, H, W, 3\]"):
+        replicate_and_augment([torch.zeros(8, 8, 3, dtype=torch.uint8)], kind="video", generator=gen())
 
 
 # ---- batches --------------------------------------------------------------------------------------
@@ -221,3 +223,21 @@ def test_stacked_tensor_input_is_accepted():
     pixels, source = replicate_and_augment(stacked, replication=2, out_size=8, generator=gen())
     assert pixels.shape == (4, 3, 2, 8, 8) and source.tolist() == [0, 0, 1, 1]
     assert np.isfinite(pixels.numpy()).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_crops_on_the_gpu_match_the_cpu():
+    clips = [smooth_clip(4, 64, 80, seed=s) for s in range(2)] + [smooth_clip(4, 48, 48, seed=9)]
+    sizes = torch.tensor([[64, 80], [64, 80], [48, 48]]).repeat_interleave(2, dim=0)
+    boxes = sample_crop_boxes(sizes[:, 0], sizes[:, 1], scale=(0.08, 1.0), generator=gen())
+    for interpolation in ("bilinear", "bicubic"):
+        a, sa = resized_crops(clips, boxes, replication=2, out_size=32, interpolation=interpolation)
+        b, sb = resized_crops([c.cuda() for c in clips], boxes.cuda(), replication=2, out_size=32,
+                              interpolation=interpolation, device="cuda")
+        assert b.is_cuda and torch.equal(sa, sb.cpu())
+        torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=1e-4)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    batch = assemble_batch(clips[:2], replication=2, generator=g, device="cuda")
+    assert batch.pixels.is_cuda and batch.mask.is_cuda and batch.source.is_cuda
+    assert batch.pixels.shape == (4, 3, 4, 224, 224) and batch.mask.shape == (4, 2 * 14 * 14)

@@ -35,7 +35,8 @@ def frame_pixels(index: int, texture: np.ndarray) -> np.ndarray:
 
 
 def make_video(codec: str = "libvpx-vp9", container: str = "webm", frames: int = FRAMES,
-               seed: int = 0) -> bytes:
+               seed: int = 0, scale: int = 1) -> bytes:
+    """Encoded test video of `frames` coded frames, 64x48 times `scale` (NVDEC needs >= 128)."""
     rng = np.random.default_rng(seed)
     coarse = torch.from_numpy(rng.random((1, 3, 8, 12)).astype(np.float32) * 160 + 48)
     texture = F.interpolate(coarse, size=(HEIGHT, WIDTH + 32), mode="bicubic", align_corners=False)
@@ -43,11 +44,12 @@ def make_video(codec: str = "libvpx-vp9", container: str = "webm", frames: int =
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=container) as out:
         stream = out.add_stream(codec, rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = WIDTH * scale, HEIGHT * scale, "yuv420p"
         if codec == "libvpx-vp9":
             stream.options = {"crf": "12", "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
         for i in range(frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame_pixels(i, texture), format="rgb24")):
+            pixels = frame_pixels(i, texture).repeat(scale, axis=0).repeat(scale, axis=1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
@@ -93,6 +95,7 @@ def bad_files(good: bytes) -> dict[str, bytes]:
 
 
 needs_dali = pytest.mark.skipif(decode.dali_import_error() is not None, reason="DALI is not installed")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def dali_cpu(**kwargs):
@@ -270,3 +273,39 @@ def test_image_decoder_caps_the_short_side():
     png = encode_png(image).numpy().tobytes()
     out = ImageDecoder("cpu", max_short_side=50).decode([png])
     assert out.clips[0].shape == (50, 150, 3)
+
+
+# ---- GPU (skipped without CUDA; run with -m gpu on the GPU machine) ------------------------------
+
+@pytest.mark.gpu
+@needs_cuda
+@needs_dali
+@pytest.mark.parametrize("codec, container", [("libvpx-vp9", "webm"), ("libx264", "mp4")])
+def test_dali_mixed_nvdec_matches_pyav(codec, container):
+    from loaders.decode.dali import DALIVideoDecoder
+
+    data = make_video(codec, container, scale=4)  # 256x192: above NVDEC's minimum frame size
+    with DALIVideoDecoder(4, device="mixed", device_id=0, short_side=96) as nvdec, \
+            PyAVDecoder(1, short_side=96) as pyav:
+        a = nvdec.decode([data] * 3, INDICES)
+        b = pyav.decode([data] * 3, INDICES)
+    assert a.failures == [] and b.failures == []
+    for x, y, index in zip(a.clips, b.clips, INDICES):
+        assert x.is_cuda and x.shape == y.shape == (len(index), 96, 128, 3)
+        assert read_codes(x.cpu()) == index
+        assert psnr(x.cpu(), y) >= 35.0  # NVDEC's colour conversion and DALI's GPU resize
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_nvjpeg_matches_the_cpu_decoder():
+    coarse = torch.from_numpy(np.random.default_rng(0).random((1, 3, 8, 8)).astype(np.float32) * 255)
+    image = F.interpolate(coarse, size=(120, 160), mode="bilinear")[0].byte()
+    jpeg = encode_jpeg(image, quality=95).numpy().tobytes()
+    png = encode_png(image).numpy().tobytes()
+    gpu = ImageDecoder("cuda", max_short_side=None).decode([jpeg, png, b"\xff\xd8\xffbroken", jpeg])
+    cpu = ImageDecoder("cpu", max_short_side=None).decode([jpeg])
+    assert [p for p, _ in gpu.failures] == [2]
+    assert all(gpu.clips[i].is_cuda for i in (0, 1, 3))
+    assert psnr(gpu.clips[0].cpu(), cpu.clips[0]) >= 35.0
+    assert torch.equal(gpu.clips[1].cpu(), image.permute(1, 2, 0))

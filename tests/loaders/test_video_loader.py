@@ -1,0 +1,215 @@
+"""VideoLoader and ImageLoader on tiny generated data: replication, bad files, exact resume, sharding."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections import Counter
+
+import pytest
+import torch
+
+import loaders.video as video
+from loaders.decode import dali_import_error
+from loaders.manifest import Manifest
+from loaders.objserver import ObjectServer
+
+from tests.loaders._loader_data import (DecodeSpy, add_bad_files, image_loader, make_images, make_videos, same_batch,
+                                        video_loader, wait_for_threads)
+
+BACKENDS = ["pyav", pytest.param("dali", marks=pytest.mark.skipif(dali_import_error() is not None,
+                                                                   reason="DALI does not import"))]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Manifest:
+    return make_videos(tmp_path_factory.mktemp("videos"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Manifest:
+    return make_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def with_bad_files(videos, tmp_path_factory) -> tuple[Manifest, dict[str, str]]:
+    return add_bad_files(videos[:8], tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("replication", [1, 2, 4])
+def test_each_video_is_decoded_once_per_replication_group(videos, replication):
+    batch_size, batches = 8, 3
+    loader = video_loader(videos, batch_size=batch_size, replication=replication)
+    spy = DecodeSpy(loader, videos)
+    try:
+        for _ in range(batches):
+            batch = loader.next_batch()
+            assert len(batch) == batch_size and batch.pixels.shape == (batch_size, 3, 4, 32, 32)
+            assert batch.stats["items"] == batch_size // replication and batch.stats["skipped"] == 0
+    finally:
+        loader.close()
+    assert sum(spy.calls) == batches * batch_size // replication  # B / t items per batch, no more
+    stats = loader.stats()
+    assert stats["items"] == stats["decoded"] == batches * batch_size // replication
+    assert stats["batches"] == batches and stats["failures"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_replicas_share_the_clip_but_not_the_crop_or_mask(videos):
+    loader = video_loader(videos, batch_size=8, replication=4, crop_scale=(0.08, 1.0))
+    try:
+        batch = loader.next_batch()
+    finally:
+        loader.close()
+    assert sorted(Counter(batch.source.tolist()).values()) == [4, 4]  # 2 decoded clips, 4 replicas each
+    assert batch.mask.shape == (8, 8) and (batch.mask.sum(1) == 4).all()  # 8 tokens, half hidden
+    for clip in batch.source.unique():
+        rows = (batch.source == clip).nonzero().flatten().tolist()
+        assert len(set(batch.labels[rows].tolist())) == 1  # one video's label
+        for i, a in enumerate(rows):
+            for b in rows[i + 1:]:
+                assert not torch.equal(batch.pixels[a], batch.pixels[b])  # own crop
+    # 4 replicas x 2 clips: masks drawn independently (70 possible masks per row; all 8 equal is ~0).
+    assert len({tuple(m.tolist()) for m in batch.mask}) > 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_files_are_replaced_counted_and_logged(with_bad_files, backend, caplog):
+    manifest, bad = with_bad_files  # 8 good + corrupt, truncated, empty, missing
+    loader = video_loader(manifest, decode_backend=backend, batch_size=4, replication=2)
+    caplog.set_level(logging.WARNING, logger="loaders.video")
+    try:
+        # 6 batches x 2 items = 12 good items: the whole first epoch (all 12 entries) is read.
+        for _ in range(6):
+            batch = loader.next_batch()
+            assert len(batch) == 4 and torch.isfinite(batch.pixels).all()
+    finally:
+        loader.close()
+    logged = [r.getMessage() for r in caplog.records if "skipped video item" in r.getMessage()]
+    assert loader.failures == len(logged) >= len(bad)
+    assert {uri for uri, _ in loader.failure_log} == set(bad)  # only the bad files, each of them
+    reasons = {bad[uri]: reason for uri, reason in loader.failure_log}
+    assert "empty" in reasons["empty"]
+    assert "No such file" in reasons["missing"] or "FileNotFound" in reasons["missing"]
+    assert "frames" in reasons["truncated"] or "decode" in reasons["truncated"]
+    for kind, uri in ((bad[u], u) for u in bad):
+        assert any(uri in message for message in logged), f"{kind} file not logged with its uri"
+    stats = loader.stats()
+    # Files that were read but failed to decode count as items; unreadable ones never reach it.
+    assert stats["items"] - stats["decoded"] + sum(r.startswith(("missing", "empty")) for r in
+                                                   (bad[u] for u, _ in loader.failure_log)) == loader.failures
+    assert stats["decoded"] == 12
+
+
+@pytest.mark.timeout(60)
+def test_http_404_is_replaced(videos, tmp_path):
+    objects = {f"{k}.webm": open(entry.uri, "rb").read() for k, entry in enumerate(videos[:4])}
+    with ObjectServer(objects) as server:
+        entries = [entry.__class__(f"{server.url}{k}.webm", entry.label, entry.num_frames, entry.fps, entry.duration)
+                   for k, entry in enumerate(videos[:4])]
+        entries.insert(1, entries[0].__class__(f"{server.url}gone.webm", 0, 30, 12.0, 2.5))
+        loader = video_loader(Manifest(entries), batch_size=4, replication=2)
+        try:
+            batches = [loader.next_batch() for _ in range(3)]  # 6 items: the 404 is among them
+        finally:
+            loader.close()
+    assert all(len(b) == 4 for b in batches)
+    assert loader.failures in (1, 2)  # 6 items of a 5-entry epoch: read once or twice
+    for uri, reason in loader.failure_log:
+        assert uri.endswith("gone.webm") and ("404" in reason or "FileNotFound" in reason)
+
+
+@pytest.mark.timeout(60)
+def test_a_data_set_of_only_bad_files_raises_instead_of_spinning(with_bad_files, monkeypatch):
+    manifest, bad = with_bad_files
+    corrupt = [e for e in manifest if bad.get(e.uri) in ("corrupt", "truncated")]
+    monkeypatch.setattr(video, "MAX_CONSECUTIVE_FAILURES", 6)
+    loader = video_loader(Manifest(corrupt), batch_size=2, replication=1)
+    try:
+        with pytest.raises(RuntimeError, match="6 video items in a row"):
+            loader.next_batch()
+    finally:
+        loader.close()
+    assert loader.failures == 6
+
+
+def _resume_case(make, k: int = 2, m: int = 3):
+    """Batches k..k+m of an uninterrupted loader, and of one restored after k batches through
+    torch.save / torch.load(weights_only=True)."""
+    whole = make()
+    try:
+        expected = [whole.next_batch() for _ in range(k + m)][k:]
+    finally:
+        whole.close()
+    first = make()
+    try:
+        for _ in range(k):
+            first.next_batch()
+        buffer = io.BytesIO()
+        torch.save(first.state_dict(), buffer)
+    finally:
+        first.close()
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    resumed = make()
+    try:
+        resumed.load_state_dict(state)
+        got = [resumed.next_batch() for _ in range(m)]
+    finally:
+        resumed.close()
+    return expected, got
+
+
+@pytest.mark.timeout(60)
+def test_video_loader_resumes_exactly_across_failures_and_epochs(with_bad_files):
+    manifest, _ = with_bad_files  # 12 entries, 4 bad: 5 batches of 2 items cross into epoch 1
+    expected, got = _resume_case(lambda: video_loader(manifest, batch_size=4, replication=2), k=3, m=3)
+    assert all(same_batch(a, b) for a, b in zip(expected, got))
+
+
+@pytest.mark.timeout(60)
+def test_image_loader_resumes_exactly(images):
+    expected, got = _resume_case(lambda: image_loader(images, batch_size=6, replication=2))
+    assert expected[0].pixels.shape == (6, 3, 32, 32)
+    assert all(same_batch(a, b) for a, b in zip(expected, got))
+
+
+@pytest.mark.timeout(60)
+def test_restored_loader_differs_from_a_fresh_one(videos):
+    """The resume test above would pass trivially if every batch were the same."""
+    loader = video_loader(videos)
+    try:
+        a, b = loader.next_batch(), loader.next_batch()
+    finally:
+        loader.close()
+    assert not torch.equal(a.pixels, b.pixels)
+
+
+@pytest.mark.timeout(60)
+def test_ranks_read_disjoint_halves_of_an_epoch(videos):
+    seen = []
+    for rank in (0, 1):
+        loader = video_loader(videos, rank=rank, world_size=2, batch_size=4, replication=2)
+        spy = DecodeSpy(loader, videos)
+        try:
+            for _ in range(3):  # 3 batches x 2 items = this rank's 6 of the 12 videos
+                loader.next_batch()
+        finally:
+            loader.close()
+        seen.append(spy.uris)
+    assert len(set(seen[0])) == len(seen[0]) == 6 and len(set(seen[1])) == 6
+    assert not set(seen[0]) & set(seen[1])
+    assert set(seen[0]) | set(seen[1]) == {e.uri for e in videos}
+
+
+@pytest.mark.timeout(60)
+def test_close_stops_every_thread(videos, images):
+    before = set(threading.enumerate())
+    for make in (lambda: video_loader(videos, decode_threads=2), lambda: image_loader(images, decode_threads=2)):
+        loader = make()
+        loader.next_batch()
+        loader.close()
+    assert wait_for_threads(before) == []

@@ -1,0 +1,81 @@
+"""Multi-process training under torchrun (gloo on the CPU), and compile without recompilation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_ranks_end_identical_and_read_disjoint_data(tiny_data, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests/omnimae/_dist_worker.py"), str(tiny_data), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["state"].keys() == r1["state"].keys()
+    for name in r0["state"]:
+        assert torch.equal(r0["state"][name], r1["state"][name]), name
+    # The parameters moved from their initialization (training happened on both ranks).
+    from omnimae.model import build_model
+
+    torch.manual_seed(0)
+    init = build_model("debug", img_size=64, num_frames=4).state_dict()
+    assert not torch.equal(init["blocks.0.attn.qkv.weight"], r0["state"]["blocks.0.attn.qkv.weight"])
+    from loaders.manifest import read_manifest
+
+    for modality, folder in (("image", "images"), ("video", "videos")):
+        a, b = r0["read"][modality], r1["read"][modality]
+        assert a and b, modality
+        # Within one epoch (each rank's half of the manifest) the ranks read disjoint items.
+        per_rank = -(-len(read_manifest(tiny_data / folder / "manifest_train.jsonl")) // 2)
+        k = min(len(a), len(b), per_rank)
+        assert not set(a[:k]) & set(b[:k]), modality
+    # Only rank 0 wrote the run folder.
+    assert (tmp_path / "runs" / "run" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_compiled_blocks_do_not_recompile_across_modalities():
+    """Images and videos compile once each; many more steps of both add no graph."""
+    from torch._dynamo.utils import counters
+
+    from omnimae.masking import make_mask, num_visible
+    from omnimae.model import build_model
+    from omnimae.parallel import DistInfo, parallelize
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model("debug", img_size=64, num_frames=4)
+    train_model = parallelize(model, dist_info=DistInfo(), compile=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step(modality):
+        if modality == "image":
+            x, grid, ratio = torch.randn(4, 3, 64, 64), (1, 4, 4), 0.75
+        else:
+            x, grid, ratio = torch.randn(4, 3, 4, 64, 64), (2, 4, 4), 0.9
+        mask = make_mask("random", 4, grid, ratio)
+        loss, _ = train_model(x, mask, num_visible(grid[0] * grid[1] * grid[2], ratio))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    step("image")
+    step("video")
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0  # the blocks really are compiled
+    for modality in ["image", "video", "video", "image"] * 3:
+        step(modality)
+    assert counters["stats"]["unique_graphs"] == graphs
