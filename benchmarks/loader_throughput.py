@@ -184,7 +184,8 @@ def run_baseline(manifest: Manifest, replication: int, args, device: torch.devic
 
 def run_row(loader_name: str, source: dict, replication: int, args, device, step_rate: float) -> dict:
     run = run_ours if loader_name == "ours" else run_baseline
-    row = {"loader": loader_name, "latency_ms": source["latency_ms"], "replication": replication}
+    row = {"loader": loader_name, "latency_ms": source["latency_ms"], "replication": replication,
+           "storage": source["storage"]}
     row.update(run(source["manifest"], replication, args, device))
     row["videos_per_s"] = row["videos"] / row["seconds"]
     row["samples_per_s"] = row["samples"] / row["seconds"]
@@ -263,6 +264,19 @@ def format_targets(targets: dict) -> str:
                      f"assembly {result['assembly_share_at_rep1']:.0%}; decode-bound only if decode dominates]")
         lines.append(line)
     return "\n".join(lines)
+
+
+def format_cpu_ratios(rows: list[dict]) -> str:
+    """CPU per sample, baseline over ours, per replication (averaged over latencies): how much
+    less CPU ours spends per sample, a figure other programs on the cores hardly disturb."""
+    parts = []
+    for t in sorted({r["replication"] for r in rows}):
+        cost = {name: [r["cpu_ms_per_sample"] for r in rows if r["loader"] == name and r["replication"] == t]
+                for name in LOADERS}
+        if all(cost.values()):
+            mean = {name: sum(values) / len(values) for name, values in cost.items()}
+            parts.append(f"rep {t}: {mean['baseline'] / mean['ours']:.2f}x")
+    return "CPU per sample, baseline / ours (mean over latencies): " + (", ".join(parts) or "n/a")
 
 
 def plot(rows: list[dict], step: dict, args, path: Path) -> None:
@@ -386,6 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
           "measured alone")
     print("targets:")
     print(format_targets(targets))
+    print(format_cpu_ratios(rows))
 
     report = {
         "benchmark": "loader_throughput",

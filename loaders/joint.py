@@ -131,6 +131,13 @@ class JointLoader:
             self.loaders[name].load_state_dict(loader_state)
         self._consumed_state = state
 
+    def queue_depths(self) -> dict[str, float]:
+        """Batches ready ahead of the step, and storage requests in flight now (for the profiler)."""
+        depths = {"queue/batches_ready": float(self._queue.qsize()) if self._queue is not None else 0.0}
+        for name, loader in self.loaders.items():
+            depths[f"queue/{name}_reads_in_flight"] = float(loader.reader.stats().get("in_flight", 0))
+        return depths
+
     def stats(self) -> dict:
         return {name: loader.stats() for name, loader in self.loaders.items()}
 

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from loaders.augment import assemble_batch
 from loaders.batch import IMAGE, VIDEO, Batch
@@ -128,10 +129,12 @@ class _ItemLoader:
         stats = {"read_wait": 0.0, "decode": 0.0, "items": 0, "skipped": 0}
         clips, labels = [], []
         while len(clips) < self.items_per_batch:
-            items, waited = self._next_reads(self.items_per_batch - len(clips))
+            with record_function("read_wait"):
+                items, waited = self._next_reads(self.items_per_batch - len(clips))
             stats["read_wait"] += waited
             t0 = time.perf_counter()
-            output = self._decode(items, rng)
+            with record_function("decode"):
+                output = self._decode(items, rng)
             stats["decode"] += time.perf_counter() - t0
             stats["items"] += len(items)
             self.items += len(items)
@@ -145,10 +148,11 @@ class _ItemLoader:
                 stats["skipped"] += 1
                 self._count_failure(self.manifest[items[position][0]].uri, reason)
         t0 = time.perf_counter()
-        batch = assemble_batch(clips, replication=self.replication, kind=self.modality, out_size=self.crop_size,
-                               scale=self.crop_scale, flip_p=self.flip_p, mask_ratio=self.mask_ratio,
-                               mask_type=self.mask_type, patch_size=self.patch_size, labels=labels,
-                               generator=gen, device=self.device)
+        with record_function("assembly"):
+            batch = assemble_batch(clips, replication=self.replication, kind=self.modality, out_size=self.crop_size,
+                                   scale=self.crop_scale, flip_p=self.flip_p, mask_ratio=self.mask_ratio,
+                                   mask_type=self.mask_type, patch_size=self.patch_size, labels=labels,
+                                   generator=gen, device=self.device)
         stats["assembly"] = time.perf_counter() - t0
         batch.stats.update(stats)
         self.batches += 1

@@ -23,6 +23,7 @@ from omnimae.config import Config, derive, to_dict
 from omnimae.data import build_train_loader, prepare_data
 from omnimae.metrics import MetricsWriter, StageClock, bottleneck_summary, device_peak_flops
 from omnimae.model import build_model
+from omnimae.profiling import StepProfiler, format_report
 from omnimae.parallel import DistInfo, parallelize, setup_distributed, teardown_distributed, unwrap
 
 
@@ -140,6 +141,7 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
     peak_flops = device_peak_flops(device)
     metrics = MetricsWriter(run_dir, enabled=dist_info.is_main)
     clock = StageClock()
+    profiler = StepProfiler(run_dir, cfg.train.profile_steps, device, enabled=dist_info.is_main)
 
     total = derived["total_steps"]
     accum = derived["accumulation_steps"]
@@ -165,10 +167,14 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_finite = torch.ones((), dtype=torch.bool, device=device)
+            step_stages = {"data_wait": 0.0}
             for micro in range(accum):
                 t0 = time.perf_counter()
-                batch = next(data_iter)
-                clock.add("data_wait", time.perf_counter() - t0)
+                with torch.profiler.record_function("data_wait"):
+                    batch = next(data_iter)
+                waited = time.perf_counter() - t0
+                clock.add("data_wait", waited)
+                step_stages["data_wait"] += waited
                 # DDP: reduce gradients only on the last micro batch.
                 sync_ctx = (train_model.no_sync() if dist_info.distributed and micro < accum - 1
                             and hasattr(train_model, "no_sync") else nullcontext())
@@ -187,6 +193,7 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
                 for k, v in batch.stats.items():
                     if k in ("read_wait", "decode", "assembly"):
                         clock.add(k, v)
+                        step_stages[k] = step_stages.get(k, 0.0) + v
                 last_batches[batch.modality] = batch
             if cfg.optim.clip_grad > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(train_model.parameters(), cfg.optim.clip_grad)
@@ -203,6 +210,7 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
             nonfinite_total += (~step_finite).float()
             nonfinite_run = (nonfinite_run + 1) * (~step_finite).float()
             nonfinite_max_run = torch.maximum(nonfinite_max_run, nonfinite_run)
+            profiler.step(step_stages, loader)
             step += 1
             window["steps"] += 1
             bar.update(1)
@@ -228,6 +236,9 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
                 _draw(model, last_batches, run_dir, step, metrics, autocast)
     finally:
         bar.close()
+        report = profiler.finish()
+        if report is not None:
+            _print(dist_info, format_report(report) + f"profile trace: {profiler.out}")
 
     if stopped_by != "nonfinite":
         path = ckpt.save_training_state(run_dir, step=step, model=model, optimizer=optimizer, loader=loader,

@@ -157,3 +157,16 @@ def test_cli_reports_a_bad_key_in_one_line(tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert out.strip().splitlines()[-1].startswith("omnimae-train: config: train.batch_sise: unknown key")
+
+
+def test_profile_steps_write_a_trace_and_a_bottleneck_report(tiny_config):
+    cfg = tiny_config(**{"train.max_steps": 8, "train.profile_steps": 3, "train.run_name": "prof"})
+    run_dir = train(cfg)
+    report = json.loads((run_dir / "profile" / "summary.json").read_text())
+    assert report["steps"] == 3
+    assert {"step_s", "data_wait", "decode", "queue/batches_ready"} <= set(report["mean"])
+    assert report["bottleneck"] in ("step", "read_wait", "decode", "assembly", "data_wait") and report["suggestion"]
+    assert "bottleneck:" in (run_dir / "profile" / "summary.txt").read_text()
+    traces = list((run_dir / "profile").glob("*.pt.trace.json"))
+    names = {e.get("name") for e in json.loads(traces[0].read_text())["traceEvents"]}
+    assert {"data_wait", "decode", "assembly"} <= names  # the step's thread and the loader's thread
