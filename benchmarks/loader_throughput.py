@@ -233,7 +233,9 @@ def evaluate_targets(rows: list[dict], replications) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'loader':<8} {'latency':>7} {'rep':>3} | {'videos/s':>8} {'samples/s':>9} | "
-            f"{'read p50':>8} {'p95':>6} | {'decode ms/video':>15} {'asm ms/sample':>13} | {'data wait':>9}")
+            f"{'read p50':>8} {'p95':>6} | {'decode ms/video':>15} {'asm ms/sample':>13} "
+            f"{'cpu ms/sample':>13} | "
+            f"{'data wait':>9}")
     lines = [head, "-" * len(head)]
     for r in sorted(rows, key=lambda r: (r["latency_ms"] is None, r["latency_ms"] or 0, r["replication"],
                                          r["loader"])):
@@ -261,7 +263,8 @@ def format_targets(targets: dict) -> str:
             line += "  [" + ", ".join(f"rep {t}: {v:.2f}" for t, v in result["per_replication"].items()) + "]"
         else:
             line += (f"  [ours' batch time at rep 1: decode {result['decode_share_at_rep1']:.0%}, "
-                     f"assembly {result['assembly_share_at_rep1']:.0%}; decode-bound only if decode dominates]")
+                     f"assembly {result['assembly_share_at_rep1']:.0%}; "
+                     "decode-bound only if decode dominates]")
         lines.append(line)
     return "\n".join(lines)
 
@@ -290,11 +293,13 @@ def plot(rows: list[dict], step: dict, args, path: Path) -> None:
     styles = {1: ("-", "o"), 2: ("--", "s"), 4: (":", "^")}
     for loader in LOADERS:
         for t in args.replications:
+            mine = [r for r in rows if r["loader"] == loader and r["replication"] == t]
             points = sorted((r["latency_ms"] if r["latency_ms"] is not None else r["read_p50_ms"],
-                             r["samples_per_s"]) for r in rows if r["loader"] == loader and r["replication"] == t)
+                             r["samples_per_s"]) for r in mine)
             if points:
                 line, marker = styles.get(t, ("-.", "x"))
-                ax.plot(*zip(*points), line, marker=marker, color=colors[loader], label=f"{loader}, replication {t}")
+                ax.plot(*zip(*points), line, marker=marker, color=colors[loader],
+                        label=f"{loader}, replication {t}")
     ax.axhline(step["samples_per_s"], color="black", linestyle="-.", linewidth=1,
                label=f"step demand ({step['model'] or 'given'}, {step['ms_per_step']:.0f} ms/step)")
     injected = any(r["latency_ms"] is not None for r in rows)
@@ -304,7 +309,7 @@ def plot(rows: list[dict], step: dict, args, path: Path) -> None:
     ax.set_title(f"Video loader throughput: batch {args.batch_size}, crop {args.crop}, "
                  f"{args.decode_threads} decode threads / workers, {args.device}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="lower left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -323,12 +328,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="a tiny sweep for smoke tests (12 videos at 64p, crop 32, latencies 0 100, "
                         "replications 1 4); flags given explicitly still win")
-    p.add_argument("--latencies-ms", type=float, nargs="+", help="injected latencies (default 0 20 50 100 200)")
+    p.add_argument("--latencies-ms", type=float, nargs="+",
+                   help="injected latencies (default 0 20 50 100 200)")
     p.add_argument("--replications", type=int, nargs="+", help="sample replications (default 1 2 4)")
     p.add_argument("--loaders", nargs="+", choices=LOADERS, default=list(LOADERS), help="loaders to run")
     p.add_argument("--storage", help="base URL holding a copy of --data (no latency injected)")
     p.add_argument("--manifest", help="a manifest to read as it is (real data; no latency injected)")
-    p.add_argument("--data", type=Path, help="folder of the generated videos (default benchmarks/out/loader_data)")
+    p.add_argument("--data", type=Path,
+                   help="folder of the generated videos (default benchmarks/out/loader_data)")
     p.add_argument("--num-videos", type=int, help="videos generated (default 96)")
     p.add_argument("--height", type=int, help="height of the generated videos (default 240)")
     p.add_argument("--batch-size", type=int, help="samples per batch (default 8)")

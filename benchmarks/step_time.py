@@ -6,10 +6,13 @@ masks (90% of image tokens, 95% of video tokens hidden), made on the device befo
 figures hold the model alone, with no loader cost. Compiled means per block, through
 `omnimae.parallel.parallelize` exactly as the trainer does it.
 
-Warm-up steps (the first ones compile) are timed apart; then `--steps` measured steps between two
-device syncs. Reported: ms/step, steps/s, samples/s, TFLOP/s from `model.flops_per_sample`, MFU
-against the device's bf16 peak (GPUs the metrics table knows; none on the CPU), peak GPU memory.
-Then the compute-savings table of `omnimae.flops`.
+Warm-up steps (the first ones compile) are timed apart; then `--steps` measured steps between
+device syncs. On the CPU the eager and compiled models are measured in alternating rounds
+(`--rounds`), so other processes on a shared machine slow both alike; a load average above the
+core count is reported with the table. Reported: ms/step (and the median step on the CPU),
+steps/s, samples/s, TFLOP/s from `model.flops_per_sample`, MFU against the device's bf16 peak (GPUs
+the metrics table knows; none on the CPU), peak GPU memory. Then the compute-savings table of
+`omnimae.flops`. bf16 on the CPU runs where torch supports it (`--precision both`).
 
     python benchmarks/step_time.py                                   # CPU: debug model, ~2 min
     python benchmarks/step_time.py --model base --device cuda --batch 64 --out results.json
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import sys
@@ -67,65 +71,137 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(args, device: torch.device, modality: str, compiled: bool, precision: str) -> dict:
-    """One configuration on a fresh model: warm-up (compile) time, then the measured steps."""
-    torch.manual_seed(0)
-    model = build_model(args.model, img_size=args.img_size, num_frames=args.frames).to(device)
-    train_model = parallelize(model, dist_info=DistInfo(device=device), compile=compiled)
-    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=True)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
-    batches = synthetic_batches(model, modality, args.batch, args.frames, device, seed=1)
-    kept = batches[0][2]
-    n = batches[0][1].shape[1]
+class Variant:
+    """One configuration (modality, compiled or not, precision): a fresh model, optimizer, batches."""
 
-    def step(i: int) -> torch.Tensor:
-        pixels, mask, visible = batches[i % NUM_BATCHES]
-        with autocast:
-            loss, _ = train_model(pixels, mask, visible)
+    def __init__(self, args, device: torch.device, modality: str, compiled: bool, precision: str):
+        self.args, self.device = args, device
+        self.modality, self.compiled, self.precision = modality, compiled, precision
+        torch.manual_seed(0)
+        self.model = build_model(args.model, img_size=args.img_size, num_frames=args.frames).to(device)
+        self.train_model = parallelize(self.model, dist_info=DistInfo(device=device), compile=compiled)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, 0.05), lr=1e-4, betas=(0.9, 0.95),
+                                           fused=True)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+        self.batches = synthetic_batches(self.model, modality, args.batch, args.frames, device, seed=1)
+        self.steps_done = 0
+        self.warmup_s = 0.0
+        self.elapsed = 0.0  # seconds of measured steps, between device syncs
+        self.durations: list[float] = []  # per measured step, host clock, no syncs
+        self.loss = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def step(self) -> None:
+        pixels, mask, visible = self.batches[self.steps_done % NUM_BATCHES]
+        with self.autocast:
+            loss, _ = self.train_model(pixels, mask, visible)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss = loss.detach()
+        self.steps_done += 1
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    sync(device)
-    t0 = time.perf_counter()
-    for i in range(args.warmup):
-        loss = step(i)
-    sync(device)
-    warmup_s = time.perf_counter() - t0
+    def warm_up(self, steps: int) -> None:
+        """The first steps compile (when compiled) and fill the allocator: timed apart."""
+        sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        sync(self.device)
+        self.warmup_s = time.perf_counter() - t0
 
-    # Per-step times without syncs: exact on the CPU (it runs synchronously), launch times on a GPU,
-    # where only the total between the two syncs counts. Their median resists a shared CPU's noise.
-    t0 = time.perf_counter()
-    ends = []
-    for i in range(args.steps):
-        loss = step(i)
-        ends.append(time.perf_counter())
-    sync(device)
-    elapsed = time.perf_counter() - t0
-    durations = sorted(b - a for a, b in zip([t0] + ends[:-1], ends))
+    def measure(self, steps: int) -> None:
+        # Per-step times without syncs: exact on the CPU (it runs synchronously), launch times on a
+        # GPU, where only the total between the two syncs counts. Their median resists a busy CPU.
+        sync(self.device)
+        t0 = last = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+            now = time.perf_counter()
+            self.durations.append(now - last)
+            last = now
+        sync(self.device)
+        self.elapsed += time.perf_counter() - t0
 
-    flops = model.flops_per_sample(modality, 1 - kept / n)
-    samples_per_s = args.batch * args.steps / elapsed
-    peak = device_peak_flops(device)
-    row = {
-        "modality": modality, "compile": compiled, "precision": precision, "batch": args.batch,
-        "tokens": n, "visible": kept, "warmup_s": warmup_s, "ms_per_step": 1e3 * elapsed / args.steps,
-        "ms_per_step_median": 1e3 * durations[len(durations) // 2] if device.type == "cpu" else None,
-        "steps_per_s": args.steps / elapsed, "samples_per_s": samples_per_s,
-        "gflops_per_sample": flops / 1e9, "tflops": flops * samples_per_s / 1e12,
-        "mfu": flops * samples_per_s / peak if peak else None,
-        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "final_loss": float(loss),  # sync, after timing: shows the step ran on real numbers
-    }
-    del model, train_model, optimizer, batches
-    torch._dynamo.reset()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return row
+    def result(self) -> dict:
+        args, device = self.args, self.device
+        n = self.batches[0][1].shape[1]
+        kept = self.batches[0][2]
+        measured = len(self.durations)
+        flops = self.model.flops_per_sample(self.modality, 1 - kept / n)
+        samples_per_s = args.batch * measured / self.elapsed
+        peak = device_peak_flops(device)
+        durations = sorted(self.durations)
+        return {
+            "modality": self.modality, "compile": self.compiled, "precision": self.precision,
+            "batch": args.batch, "tokens": n, "visible": kept, "warmup_s": self.warmup_s,
+            "measured_steps": measured, "ms_per_step": 1e3 * self.elapsed / measured,
+            "ms_per_step_median": 1e3 * durations[measured // 2] if device.type == "cpu" else None,
+            "steps_per_s": measured / self.elapsed, "samples_per_s": samples_per_s,
+            "gflops_per_sample": flops / 1e9, "tflops": flops * samples_per_s / 1e12,
+            "mfu": flops * samples_per_s / peak if peak else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "final_loss": float(self.loss),  # sync, after timing: the step ran on real numbers
+        }
+
+    def close(self) -> None:
+        del self.model, self.train_model, self.optimizer, self.batches
+        torch._dynamo.reset()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _error_row(modality, compiled, precision, e: Exception) -> dict:
+    message = str(e).splitlines()[0] if str(e) else ""
+    return {"modality": modality, "compile": compiled, "precision": precision,
+            "error": f"{type(e).__name__}: {message}"}
+
+
+def run_group(args, device, modality: str, precision: str, compiles) -> list[dict]:
+    """Eager and/or compiled variants of one modality and precision.
+
+    rounds == 1: one variant at a time (clean peak-memory figures). rounds > 1: the variants are
+    built and warmed together, then measured in alternating rounds, so a load change on a shared
+    machine hits them alike and their ratio stays fair (peak memory then counts both models).
+    """
+    rows: dict[bool, dict] = {}
+    together = args.rounds > 1
+
+    def failed(compiled: bool, fn) -> bool:
+        try:
+            fn()
+            return False
+        except Exception as e:  # e.g. bf16 or compile unsupported here: report it, go on
+            rows[compiled] = _error_row(modality, compiled, precision, e)
+            torch._dynamo.reset()
+            return True
+
+    variants: list[Variant] = []
+    for compiled in compiles:
+        made: list[Variant] = []
+        if failed(compiled, lambda: made.append(Variant(args, device, modality, compiled, precision))):
+            continue
+        v = made[0]
+        if failed(compiled, lambda: v.warm_up(args.warmup)):
+            v.close()
+        elif together:
+            variants.append(v)
+        else:
+            if not failed(compiled, lambda: v.measure(args.steps)):
+                rows[compiled] = v.result()
+            v.close()
+    per_round = math.ceil(args.steps / args.rounds)
+    for _ in range(args.rounds if together else 0):
+        for v in list(variants):
+            if failed(v.compiled, lambda: v.measure(per_round)):
+                variants.remove(v)
+                v.close()
+    for v in variants:
+        rows[v.compiled] = v.result()
+        v.close()
+    return [rows[c] for c in compiles if c in rows]
 
 
 def hardware(device: torch.device) -> dict:
@@ -180,11 +256,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"{DEFAULT_BATCH['cuda']} on a GPU)")
     p.add_argument("--steps", type=int, default=10, help="measured steps per configuration")
     p.add_argument("--warmup", type=int, default=3, help="steps before timing (the first compiles)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="measure eager and compiled in this many alternating rounds (default 5 on the "
+                        "CPU, where other processes add noise; 1 on a GPU: one model at a time)")
     p.add_argument("--compile", choices=("both", "on", "off"), default="both",
                    help="per-block torch.compile: eager, compiled or both")
     p.add_argument("--precision", choices=("fp32", "bf16", "both"), default=None,
                    help="fp32 and/or bf16 autocast (default: both on a GPU, fp32 on the CPU)")
-    p.add_argument("--modality", choices=("image", "video", "both"), default="both")
+    p.add_argument("--modality", choices=("image", "video", "both"), default="both",
+                   help="which training steps to measure")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when available, else cpu")
     p.add_argument("--img-size", type=int, default=224, help="input height and width")
@@ -199,10 +279,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--device cuda: no CUDA device is available")
     if args.batch is None:
         args.batch = DEFAULT_BATCH[args.device]
+    if args.rounds is None:
+        args.rounds = 1 if args.device == "cuda" else 5
     if args.precision is None:
         args.precision = "both" if args.device == "cuda" else "fp32"
-    if args.batch < 1 or args.steps < 1 or args.warmup < 1:
-        p.error("--batch, --steps and --warmup must be at least 1 (the warm-up compiles)")
+    if min(args.batch, args.steps, args.warmup, args.rounds) < 1:
+        p.error("--batch, --steps, --warmup and --rounds must be at least 1 (the warm-up compiles)")
     return args
 
 
@@ -220,21 +302,14 @@ def main(argv=None) -> int:
     hw = hardware(device)
     print(f"step_time: model {args.model}, {args.device} ({hw['gpu'] or hw['cpu']}, "
           f"{hw['torch_threads']} threads), torch {torch.__version__}, batch {args.batch}, "
-          f"{args.warmup} warm-up + {args.steps} measured steps")
+          f"{args.warmup} warm-up + {args.steps} measured steps in {args.rounds} round(s)")
     rows = []
     for modality in modalities:
         for precision in precisions:
-            for compiled in compiles:
-                try:
-                    row = measure(args, device, modality, compiled, precision)
-                except Exception as e:  # e.g. bf16 autocast or compile unsupported here: report, go on
-                    row = {"modality": modality, "compile": compiled, "precision": precision,
-                           "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-                    torch._dynamo.reset()
+            for row in run_group(args, device, modality, precision, compiles):
                 rows.append(row)
-                print(f"  {modality} compile={compiled} {precision}: "
-                      + (f"{row['ms_per_step']:.1f} ms/step" if "error" not in row else row["error"]),
-                      flush=True)
+                print(f"  {modality} compile={row['compile']} {precision}: "
+                      + (row["error"] if "error" in row else f"{row['ms_per_step']:.1f} ms/step"), flush=True)
     print()
     print_table(rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0

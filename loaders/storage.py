@@ -18,6 +18,7 @@ failure budget: loaders.retry; credentials: loaders.redact.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import itertools
 import os
@@ -94,6 +95,7 @@ class _Session:
         self.out = out
         self.tasks: set[asyncio.Task] = set()
         self.cancelled = False
+        self._ready: list[tuple[int, ReadResult]] = []
 
     def submit(self, batch: list[tuple[int, int, Any, str]]) -> None:
         """Loop thread: start reading (ticket, seq, key, uri) for each entry."""
@@ -115,9 +117,17 @@ class _Session:
         self.stats.reads += 1
         if outcome.error is not None:
             self.stats.failures += 1
-        # Never blocks: the consumer keeps at most maxsize reads undelivered.
-        self.out.put_nowait((seq, ReadResult(key, uri, outcome.data, outcome.error,
-                                             outcome.latency_s, outcome.attempts)))
+        self._ready.append((seq, ReadResult(key, uri, outcome.data, outcome.error,
+                                            outcome.latency_s, outcome.attempts)))
+        if len(self._ready) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        # Everything that completed in one loop iteration goes over as one list: one wake-up
+        # of the consumer thread (and one GIL hand-over) per burst, not per read. Never
+        # blocks: the consumer keeps at most maxsize reads undelivered.
+        ready, self._ready = self._ready, []
+        self.out.put_nowait(ready)
 
     async def cancel(self) -> None:
         self.cancelled = True
@@ -287,6 +297,7 @@ class AsyncReader:
         next_seq = 0         # sequence number of the next item to submit
         next_deliver = 0     # ordered: sequence number the consumer waits for
         reorder: dict[int, ReadResult] = {}
+        arrived: collections.deque[tuple[int, ReadResult]] = collections.deque()  # unordered
         exhausted = False
         try:
             while True:
@@ -304,12 +315,13 @@ class AsyncReader:
                     return
                 if ordered:
                     while next_deliver not in reorder:
-                        seq, result = self._take(out, loop_thread)
-                        reorder[seq] = result
+                        reorder.update(self._take(out, loop_thread))
                     result = reorder.pop(next_deliver)
                     next_deliver += 1
                 else:
-                    _, result = self._take(out, loop_thread)
+                    if not arrived:
+                        arrived.extend(self._take(out, loop_thread))
+                    _, result = arrived.popleft()
                 pending -= 1
                 with self._lock:
                     self._budget.record(result.ok, result.uri, result.error)
@@ -317,7 +329,9 @@ class AsyncReader:
         finally:
             self._end_session(session, loop_thread, in_flight=pending > 0)
 
-    def _take(self, out: queue.Queue, loop_thread: _aio_loop.LoopThread) -> tuple[int, ReadResult]:
+    def _take(self, out: queue.Queue, loop_thread: _aio_loop.LoopThread
+              ) -> list[tuple[int, ReadResult]]:
+        """The next burst of (sequence number, result) pairs; blocks until there is one."""
         started = time.perf_counter()
         try:
             while True:

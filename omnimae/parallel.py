@@ -63,8 +63,9 @@ def teardown_distributed() -> None:
 
 def parallelize(model: nn.Module, *, dist_info: DistInfo, compile: bool, strategy: str = "ddp",
                 activation_checkpointing: bool = False) -> nn.Module:
-    """Returns the module to train. `model.blocks` and `model.decoder_blocks` are wrapped in place."""
-    block_lists = [model.blocks, model.decoder_blocks]
+    """Returns the module to train. `model.blocks` and `model.decoder_blocks` (where the model has a
+    decoder: a fine-tuning classifier has none) are wrapped in place."""
+    block_lists = [model.blocks] + ([model.decoder_blocks] if hasattr(model, "decoder_blocks") else [])
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
@@ -72,6 +73,14 @@ def parallelize(model: nn.Module, *, dist_info: DistInfo, compile: bool, strateg
             for i, block in enumerate(blocks):
                 blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
     if compile:
+        # All blocks share Block.forward, so its graphs count against one recompile limit: images and
+        # videos, train and eval batch sizes and autocast dtypes each add one; 8 (the default) is
+        # too few to hold them all, and past the limit a block silently runs eager.
+        import torch._dynamo
+
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), 64))
         # Per block, static shapes: images and videos each compile once (kept-token counts are fixed
         # by exact-count masking), and a graph break inside a block is an error, not a slow path.
         for blocks in block_lists:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -91,3 +93,41 @@ def short_reason(error: BaseException, limit: int = 200) -> str:
                                                        "Critical error", "File \"", "Error in"))]
     text = (useful or lines or [type(error).__name__])[-1]
     return f"{type(error).__name__}: {text}"[:limit]
+
+
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14  # linux/mman.h
+
+
+def _madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_MADVISE = _madvise()
+
+
+def empty_host(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """torch.empty on the CPU, asking Linux for 2 MB pages (transparent huge pages) for it.
+
+    A CPU batch is hundreds of MB (16 x 3 x 16 x 224 x 224 floats = 154 MB) that the allocator
+    maps afresh for every batch; faulting it in 4 KB at a time costs as much as cropping into it
+    (~4 of ~8 ms of CPU per video sample). With MADV_HUGEPAGE on the still untouched pages the
+    kernel faults 2 MB at once: batch assembly on the CPU takes half the time. Where THP is off,
+    or off Linux, this is a plain torch.empty.
+    """
+    out = torch.empty(*shape, dtype=dtype)
+    nbytes = out.numel() * out.element_size()
+    if _MADVISE is not None and nbytes >= 2 * _HUGE_PAGE:
+        start = -(-out.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE  # whole huge pages inside the buffer
+        end = (out.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
+        if end > start:
+            _MADVISE(start, end - start, _MADV_HUGEPAGE)  # advice only: a failure changes nothing
+    return out

@@ -68,13 +68,16 @@ def test_boxes_are_deterministic_given_the_generator():
 
 # ---- crops ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("box", [(10, 20, 40, 30), (0, 0, 96, 128), (5, 7, 33, 50), (60, 100, 36, 28)])
+BOXES = [(10, 20, 40, 30), (0, 0, 96, 128), (5, 7, 33, 50), (60, 100, 36, 28)]
+
+
+@pytest.mark.parametrize("box", BOXES)
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_crop_matches_torchvision_resized_crop(box, interpolation):
+def test_grid_crop_matches_torchvision_resized_crop(box, interpolation):
     clip = smooth_clip(2, 96, 128, seed=1)  # [T, H, W, 3]
     size = 48
     pixels, source = resized_crops([clip], torch.tensor([box], dtype=torch.float32), replication=1,
-                                   out_size=size, interpolation=interpolation, normalize=False)
+                                   out_size=size, interpolation=interpolation, normalize=False, method="grid")
     assert pixels.shape == (1, 3, 2, size, size) and source.tolist() == [0]
     mode = InterpolationMode.BILINEAR if interpolation == "bilinear" else InterpolationMode.BICUBIC
     frames = clip.permute(0, 3, 1, 2).float()  # [T, 3, H, W]
@@ -88,6 +91,26 @@ def test_crop_matches_torchvision_resized_crop(box, interpolation):
     inner = (slice(None), slice(None), slice(border, -border), slice(border, -border))
     torch.testing.assert_close(ours[inner], ref[inner], atol=2e-3, rtol=0)
     assert (ours - ref).abs().mean() < 1.0
+
+
+@pytest.mark.parametrize("box", BOXES)
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_resize_crop_is_torchvision_resized_crop_on_uint8(box, interpolation):
+    """The CPU path is torchvision's uint8 resized_crop exactly, and within rounding of the grid."""
+    clip = smooth_clip(2, 96, 128, seed=1)
+    size = 48
+    pixels, _ = resized_crops([clip], torch.tensor([box], dtype=torch.float32), out_size=size,
+                              interpolation=interpolation, normalize=False, method="resize")
+    mode = InterpolationMode.BILINEAR if interpolation == "bilinear" else InterpolationMode.BICUBIC
+    ref = TF.resized_crop(clip.permute(0, 3, 1, 2), *box, [size, size], interpolation=mode, antialias=False)
+    assert torch.equal(pixels[0].permute(1, 0, 2, 3), ref.float())  # [T, 3, S, S], 0..255
+    grid, _ = resized_crops([clip], torch.tensor([box], dtype=torch.float32), out_size=size,
+                            interpolation=interpolation, normalize=False, method="grid")
+    reach = 0.5 if interpolation == "bilinear" else 1.5
+    border = math.ceil(reach * size / min(box[2], box[3]))
+    inner = (..., slice(border, -border), slice(border, -border))
+    # uint8 rounding (<= 1) and, for bicubic, the overshoot uint8 clamps and float keeps
+    assert (pixels[inner] - grid[inner]).abs().max() <= (1.0 if interpolation == "bilinear" else 4.0) + 1e-3
 
 
 def test_flip_mirrors_the_crop():
@@ -232,9 +255,10 @@ def test_crops_on_the_gpu_match_the_cpu():
     sizes = torch.tensor([[64, 80], [64, 80], [48, 48]]).repeat_interleave(2, dim=0)
     boxes = sample_crop_boxes(sizes[:, 0], sizes[:, 1], scale=(0.08, 1.0), generator=gen())
     for interpolation in ("bilinear", "bicubic"):
-        a, sa = resized_crops(clips, boxes, replication=2, out_size=32, interpolation=interpolation)
+        a, sa = resized_crops(clips, boxes, replication=2, out_size=32, interpolation=interpolation,
+                              method="grid")
         b, sb = resized_crops([c.cuda() for c in clips], boxes.cuda(), replication=2, out_size=32,
-                              interpolation=interpolation, device="cuda")
+                              interpolation=interpolation, device="cuda")  # auto: grid on CUDA
         assert b.is_cuda and torch.equal(sa, sb.cpu())
         torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=1e-4)
     g = torch.Generator(device="cuda").manual_seed(0)

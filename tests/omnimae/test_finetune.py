@@ -345,7 +345,8 @@ def test_knn_and_linear_probe_separate_toy_classes():
 
 def test_extract_features_from_omnimae_and_classifier():
     model = tiny_model(0)
-    batches = [(torch.randn(2, 3, 4, 32, 32), torch.tensor([0, 1])), (torch.randn(3, 3, 4, 32, 32), torch.tensor([2, 2, 1]))]
+    batches = [(torch.randn(2, 3, 4, 32, 32), torch.tensor([0, 1])),
+               (torch.randn(3, 3, 4, 32, 32), torch.tensor([2, 2, 1]))]
     feats, labels = extract_features(model, batches)
     assert feats.shape == (5, 64) and labels.tolist() == [0, 1, 2, 2, 1]
     assert torch.allclose(feats.norm(dim=1), torch.ones(5))
