@@ -63,8 +63,13 @@ class ServerProcess:
         self.url = line.rsplit(" at ", 1)[1].strip()
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def _summary(count: int, nbytes: int, elapsed: float, latencies_s: list[float]) -> dict:

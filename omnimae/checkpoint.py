@@ -227,6 +227,22 @@ def _model_and_optim_state(model, optimizer, distributed: bool) -> tuple[dict, d
     return {_clean_name(k): v for k, v in model.state_dict().items()}, optimizer.state_dict()
 
 
+def _load_model_and_optim_state(model, optimizer, model_state: dict, optim_state: dict) -> None:
+    """The inverse of _model_and_optim_state. Under a process group every rank reads the full state
+    and keeps its own shard of each tensor (FSDP2 parameters are DTensors, which load_state_dict
+    cannot fill from plain tensors)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                       options=StateDictOptions(full_state_dict=True))
+        return
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(optim_state)
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     """Complete checkpoints in the run folder, oldest first."""
     run_dir = Path(run_dir)
@@ -251,10 +267,12 @@ def find_resume(resume: str, run_dir: Path) -> Path | None:
 
 
 def save_training_state(run_dir: Path, *, step: int, model, optimizer, loader, config: dict, dist_info,
-                        keep_last: int) -> Path:
+                        keep_last: int, extra: dict | None = None) -> Path:
     """Saves `run_dir/step_<step>/` (state.pt + one loader file per rank); returns its path.
 
     All ranks must call it (loader positions and FSDP2 shards are gathered); rank 0 writes the model.
+    extra: {name: object with state_dict()} saved beside the model, e.g. a fine-tuning run's weight
+    EMA; their states must be the same on every rank (rank 0's is written).
     """
     import shutil
 
@@ -276,8 +294,11 @@ def save_training_state(run_dir: Path, *, step: int, model, optimizer, loader, c
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        torch.save({"step": step, "model": model_state, "optimizer": optim_state, "config": config,
-                    "world_size": dist_info.world_size}, tmp / "state.pt")
+        state = {"step": step, "model": model_state, "optimizer": optim_state, "config": config,
+                 "world_size": dist_info.world_size}
+        if extra:
+            state["extra"] = {name: obj.state_dict() for name, obj in extra.items()}
+        torch.save(state, tmp / "state.pt")
         for rank, (ls, rs) in enumerate(zip(loader_states, rng_states)):
             torch.save({"loader": ls, "rng": rs}, tmp / f"rank_{rank:05d}.pt")
         if final.exists():
@@ -290,18 +311,26 @@ def save_training_state(run_dir: Path, *, step: int, model, optimizer, loader, c
     return final
 
 
-def load_training_state(path: Path, *, model, optimizer, loader, rank: int = 0) -> int:
-    """Restores what save_training_state wrote; returns the step to continue from."""
+def load_training_state(path: Path, *, model, optimizer, loader, rank: int = 0,
+                        extra: dict | None = None) -> int:
+    """Restores what save_training_state wrote; returns the step to continue from.
+
+    extra: {name: object with load_state_dict()}, the same names as given to save_training_state.
+    """
     path = Path(path)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    _load_model_and_optim_state(model, optimizer, state["model"], state["optimizer"])
+    for name, obj in (extra or {}).items():
+        if name not in state.get("extra", {}):
+            raise KeyError(f"{path / 'state.pt'}: no saved state for {name!r} "
+                           f"(has: {sorted(state.get('extra', {}))})")
+        obj.load_state_dict(state["extra"][name])
     rank_file = path / f"rank_{rank:05d}.pt"
     if not rank_file.is_file():
         raise FileNotFoundError(f"{rank_file}: checkpoint was written by {state['world_size']} ranks; "
                                 f"resuming with a different world size is not supported")
-    extra = torch.load(rank_file, map_location="cpu", weights_only=True)
-    if extra["loader"] is not None and hasattr(loader, "load_state_dict"):
-        loader.load_state_dict(extra["loader"])
-    _set_rng_state(extra["rng"])
+    rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
+    if rank_state["loader"] is not None and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(rank_state["loader"])
+    _set_rng_state(rank_state["rng"])
     return int(state["step"])

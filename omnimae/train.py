@@ -24,7 +24,8 @@ from omnimae.data import build_train_loader, prepare_data
 from omnimae.metrics import MetricsWriter, StageClock, bottleneck_summary, device_peak_flops
 from omnimae.model import build_model
 from omnimae.profiling import StepProfiler, format_report
-from omnimae.parallel import DistInfo, parallelize, setup_distributed, teardown_distributed, unwrap
+from omnimae.parallel import (DistInfo, all_reduce_mean, parallelize, setup_distributed, teardown_distributed,
+                              unwrap)
 
 
 def lr_at(step: int, *, peak: float, floor: float, warmup: int, total: int) -> float:
@@ -75,9 +76,9 @@ class Preemption:
         """All ranks stop at the same step: the flag is max-reduced (a sync; called on log steps)."""
         if not dist_info.distributed:
             return self.requested
-        flag = torch.tensor([float(self.requested)])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # gloo-friendly CPU tensor
-        return bool(flag.item())
+        flag = torch.tensor([float(self.requested)], device=dist_info.device)  # nccl needs a GPU tensor
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())  # sync
 
 
 def _precision(cfg: Config, device: torch.device):
@@ -124,6 +125,10 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
                         norm_pix_loss=cfg.model.norm_pix_loss).to(device)
     tokens = {m: model.num_tokens(m) for m in dataset_sizes}
     _print(dist_info, "tokens per sample:", tokens, f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M")
+    train_model = parallelize(model, dist_info=dist_info, compile=cfg.parallel.compile,
+                              strategy=cfg.parallel.strategy,
+                              activation_checkpointing=cfg.parallel.activation_checkpointing)
+    # After parallelize: FSDP2 replaces the parameters with sharded ones, which the optimizer must hold.
     optimizer = build_optimizer(model, cfg, derived["lr"])
     loader = build_train_loader(cfg, derived, dist_info)
 
@@ -134,10 +139,8 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
                                               rank=dist_info.rank)
         _print(dist_info, f"resumed from {resume_path} at step {start_step}")
 
-    train_model = parallelize(model, dist_info=dist_info, compile=cfg.parallel.compile,
-                              strategy=cfg.parallel.strategy,
-                              activation_checkpointing=cfg.parallel.activation_checkpointing)
     autocast, precision = _precision(cfg, device)
+    sharded = dist_info.distributed and cfg.parallel.strategy == "fsdp"  # forwards are collective
     peak_flops = device_peak_flops(device)
     metrics = MetricsWriter(run_dir, enabled=dist_info.is_main)
     clock = StageClock()
@@ -225,15 +228,17 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
                            f"pixels finite={bool(torch.isfinite(batch.pixels).all())}, lr={lr:.3g}")
                     stopped_by = "nonfinite"
                     break
-                if preempt.agreed(dist_info):
-                    _print(dist_info, f"preemption signal: checkpointing at step {step} and exiting")
-                    stopped_by = "preempted"
-                    break
+            # Alone, a signal is acted on at the next step boundary; under torchrun the ranks must agree
+            # on the step, which costs a collective, so they check on logging steps only.
+            if (not dist_info.distributed or step % cfg.train.log_every == 0) and preempt.agreed(dist_info):
+                _print(dist_info, f"preemption signal: checkpointing at step {step} and exiting")
+                stopped_by = "preempted"
+                break
             if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and not last:
                 ckpt.save_training_state(run_dir, step=step, model=model, optimizer=optimizer, loader=loader,
                                          config=to_dict(cfg), dist_info=dist_info, keep_last=cfg.train.keep_last)
-            if cfg.train.vis_every and step % cfg.train.vis_every == 0 and dist_info.is_main:
-                _draw(model, last_batches, run_dir, step, metrics, autocast)
+            if cfg.train.vis_every and step % cfg.train.vis_every == 0 and (dist_info.is_main or sharded):
+                _draw(model, last_batches, run_dir, step, metrics, autocast, dist_info)
     finally:
         bar.close()
         report = profiler.finish()
@@ -244,8 +249,8 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
         path = ckpt.save_training_state(run_dir, step=step, model=model, optimizer=optimizer, loader=loader,
                                         config=to_dict(cfg), dist_info=dist_info, keep_last=cfg.train.keep_last)
         _print(dist_info, f"checkpoint: {path}")
-    if dist_info.is_main and last_batches and stopped_by != "nonfinite":
-        pictures = _draw(model, last_batches, run_dir, step, metrics, autocast)
+    if (dist_info.is_main or sharded) and last_batches and stopped_by != "nonfinite":
+        pictures = _draw(model, last_batches, run_dir, step, metrics, autocast, dist_info)
         _print(dist_info, f"reconstructions: {', '.join(str(p) for p in pictures)}")
     wall = time.perf_counter() - run_t0
     stage, advice = bottleneck_summary(clock.run_totals, wall)
@@ -277,7 +282,7 @@ def _log(step, lr, cfg, dist_info, metrics, clock, window, loss_sums, loss_count
         if loss_counts[m]:
             mean = s / loss_counts[m]
             if dist_info.distributed:
-                dist.all_reduce(mean, op=dist.ReduceOp.AVG)  # sync
+                mean = all_reduce_mean(mean, dist_info)  # sync
             values[f"loss/{m}"] = mean.item()  # sync
             s.zero_()
             loss_counts[m] = 0
@@ -305,8 +310,15 @@ def _log(step, lr, cfg, dist_info, metrics, clock, window, loss_sums, loss_count
     window.update(samples=0, flops=0.0, items_decoded=0, t0=time.perf_counter(), steps=0)
 
 
-def _draw(model, batches, run_dir: Path, step: int, metrics: MetricsWriter, autocast) -> list[Path]:
-    from omnimae.visualize import save_reconstructions
+def _draw(model, batches, run_dir: Path, step: int, metrics: MetricsWriter, autocast, dist_info) -> list[Path]:
+    from omnimae.visualize import reconstruct, save_reconstructions
+
+    if not dist_info.is_main:
+        # FSDP2: each forward all-gathers the parameter shards, so every rank runs the same forwards
+        # as rank 0 (one per modality; the modalities are the same on every rank); only rank 0 draws.
+        for _, batch in sorted(batches.items()):
+            reconstruct(unwrap(model), batch.pixels[:2], batch.mask[:2], batch.num_visible, autocast)
+        return []
 
     return save_reconstructions(unwrap(model), batches, run_dir / "reconstructions", step, metrics=metrics,
                                 autocast=autocast)

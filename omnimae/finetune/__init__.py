@@ -17,7 +17,7 @@ layer_decay_param_groups (group["lr"] = schedule(step) * group["lr_scale"]) -> e
 
 from omnimae.finetune.augment import build_rand_augment, rand_augment, random_erasing
 from omnimae.finetune.classifier import (Classifier, DropPathBlock, drop_path, layer_decay_param_groups,
-                                         layer_id)
+                                         layer_id, load_encoder_weights)
 from omnimae.finetune.ema import ModelEMA
 from omnimae.finetune.evaluate import (clip_start_times, extract_features, knn_classify, linear_probe,
                                        multiview_logits, resize_short_side, spatial_crop_offsets,
@@ -27,7 +27,7 @@ from omnimae.finetune.mixup import Mixup, smooth_one_hot, soft_target_cross_entr
 __all__ = [
     "Classifier", "DropPathBlock", "Mixup", "ModelEMA", "build_rand_augment", "clip_start_times",
     "drop_path", "extract_features", "knn_classify", "layer_decay_param_groups", "layer_id",
-    "linear_probe", "multiview_logits", "rand_augment", "random_erasing", "resize_short_side",
+    "linear_probe", "load_encoder_weights", "multiview_logits", "rand_augment", "random_erasing", "resize_short_side",
     "smooth_one_hot", "soft_target_cross_entropy", "spatial_crop_offsets", "spatial_crops",
     "topk_accuracy", "topk_correct",
 ]

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from omnimae.checkpoint import _clean_name, _read_state_dict, load_official
-from omnimae.model import OmniMAE, build_model
+from omnimae.model import OmniMAE, block_flops, build_model
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -109,6 +109,16 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))  # [B, C]
 
+    def flops_per_sample(self, modality: str) -> int:
+        """Training matmul FLOPs per sample (forward + backward = 3 x forward), every token kept."""
+        c = self.config
+        t, h, w = self.grid
+        n = h * w * (1 if modality == "image" else t)
+        patch_dim = 3 * c.patch[0] * c.patch[1] * c.patch[2]
+        forward = 2 * n * patch_dim * c.dim + c.depth * block_flops(n, c.dim, c.mlp_ratio) \
+            + 2 * c.dim * self.num_classes
+        return 3 * forward
+
     # ---- loading -------------------------------------------------------------------------------
 
     @classmethod
@@ -134,7 +144,8 @@ class Classifier(nn.Module):
         if checkpoint is None:
             classifier = cls(model, num_classes, drop_path)
             classifier.reset_norm()
-            classifier.load_info = {"kind": "model as given", "head": "new"}
+            classifier.load_info = {"kind": "random init" if isinstance(model_or_size, str) else "model as given",
+                                    "head": "new"}
             return classifier
 
         state = _read_state_dict(_state_file(checkpoint))  # unwraps {"model": ...} (training state)
@@ -158,6 +169,21 @@ class Classifier(nn.Module):
             info = {"kind": "omnimae", "head": "new"}
         classifier.load_info = info
         return classifier
+
+
+def load_encoder_weights(model: OmniMAE, checkpoint) -> str:
+    """Pretrained weights into an OmniMAE (for frozen-feature checks); returns what was loaded.
+
+    checkpoint: our weight file, a pretraining step_XXXXXXXX/ folder or its state.pt, or an official
+    checkpoint (pretraining: the whole model; fine-tuned: the encoder). Not a fine-tuned Classifier.
+    """
+    state = {_clean_name(k): v for k, v in _read_state_dict(_state_file(checkpoint)).items()}
+    if any(k.startswith("trunk.") for k in state):
+        return f"official {load_official(model, state)['kind']}"
+    if "head.weight" in state and not any(k.startswith("decoder") for k in state):
+        raise ValueError(f"{checkpoint}: a fine-tuned classifier, not a pretrained OmniMAE")
+    _load_exact(model, state, "OmniMAE checkpoint")
+    return "omnimae"
 
 
 def _state_file(checkpoint):

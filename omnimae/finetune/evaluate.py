@@ -67,13 +67,16 @@ def spatial_crop_offsets(height: int, width: int, size: int, num_crops: int = 3)
     return [(0, center[1]), center, (height - size, center[1])]  # portrait: top, centre, bottom
 
 
-def spatial_crops(x: torch.Tensor, size: int = 224, num_crops: int = 3) -> list[torch.Tensor]:
-    """Test views of a batch: short side resized to `size`, then `num_crops` square crops.
+def spatial_crops(x: torch.Tensor, size: int = 224, num_crops: int = 3,
+                  short_side: int | None = None) -> list[torch.Tensor]:
+    """Test views of a batch: short side resized to `short_side` (default `size`), then `num_crops`
+    square crops of `size`.
 
     x: [B, 3, (T,) H, W] (uint8 or float); returns num_crops tensors [B, 3, (T,) size, size], float.
     Normalize after (or before: resizing and cropping commute with the per-channel normalization).
+    Videos (official): short side = size, 3 crops. Images (MAE): short side = size / 0.875, 1 crop.
     """
-    x = resize_short_side(x, size)
+    x = resize_short_side(x, short_side or size)
     return [x[..., top:top + size, left:left + size]
             for top, left in spatial_crop_offsets(x.shape[-2], x.shape[-1], size, num_crops)]
 
@@ -83,9 +86,16 @@ def multiview_logits(classifier: nn.Module, views: Iterable[torch.Tensor] | torc
     """Mean of the softmax probabilities over views: [B, C] (rows sum to 1).
 
     views: an iterable of [B, 3, (T,) H, W] batches (e.g. 5 clips x 3 crops of the same videos,
-    in any order) or one tensor [V, B, ...]. Probabilities, not logits, are averaged (official
-    AvgPooledAccuracyListMeter); top-k of the mean works like top-k of logits.
+    in any order), one forward each; or one tensor [V, B, ...], all views in one forward of V * B.
+    Probabilities, not logits, are averaged (official AvgPooledAccuracyListMeter); top-k of the
+    mean works like top-k of logits.
     """
+    if isinstance(views, torch.Tensor):
+        v, b = views.shape[:2]
+        if v == 0:
+            raise ValueError("multiview_logits: no views given")
+        probs = classifier(views.flatten(0, 1)).float().softmax(dim=-1)  # [V * B, C]
+        return probs.view(v, b, -1).mean(dim=0)  # [B, C]
     total, count = None, 0
     for view in views:
         probs = classifier(view).float().softmax(dim=-1)  # [B, C]

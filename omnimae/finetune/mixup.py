@@ -85,6 +85,11 @@ class Mixup:
             x[..., y0:y1, x0:x1] = x.flip(0)[..., y0:y1, x0:x1]  # every frame of a video alike
         return x, targets * lam + targets.flip(0) * (1.0 - lam)
 
+    def reseed(self, *key: int) -> None:
+        """Draw from a generator seeded by `key` (e.g. seed, rank, step): mixing that is a pure
+        function of the step needs no saved state to resume exactly."""
+        self.rng = np.random.default_rng(list(key))
+
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}
 

@@ -1,0 +1,138 @@
+"""Does pretraining help? The demo's pretrained encoder vs the same architecture from random init.
+
+On the generated motion videos (10 classes that need the motion direction: left/right, up/down,
+towards/away, appear/disappear, clockwise/counter-clockwise), for each initialization:
+1. frozen features (mean-pooled encoder output of the centre clip, L2-normalized) of the train
+   split -> a linear probe and a weighted k-NN (k=20), top-1 on the val split;
+2. the same short fine-tune for both (configs/ft_demo.yaml: same steps, batch, seed, data order,
+   augmentation), tested with 5 clips x 3 crops; top-1 of the weights and of their EMA.
+Prints a markdown table and writes JSON (with the pretraining loss of the checkpoint used).
+
+    python benchmarks/transfer_evidence.py runs/demo/step_00000256           # ~10 min on 2 CPU cores
+    python benchmarks/transfer_evidence.py CKPT --seeds 0 1 2 --out benchmarks/results/transfer.json
+
+The fine-tune config, the architecture read from the checkpoint (model name, img_size, num_frames)
+and any `key=value` overrides after `--` apply to both arms alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from omnimae.finetune.config import load_finetune_config  # noqa: E402
+from omnimae.finetune.train import finetune  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pretraining_info(checkpoint: Path) -> dict:
+    """The checkpoint's model config, step and the pretraining losses logged at (or before) that step."""
+    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
+    model = state["config"]["model"]
+    info = {"checkpoint": str(checkpoint), "step": int(state["step"]), "model": model["name"],
+            "img_size": model["img_size"], "num_frames": model["num_frames"],
+            "norm_pix_loss": model.get("norm_pix_loss"),
+            "mask_ratio": {k: state["config"]["data"][k]["mask_ratio"] for k in ("image", "video")}}
+    metrics = checkpoint.parent / "metrics.jsonl"
+    if metrics.is_file():
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        for key in ("loss/video", "loss/image"):
+            logged = [r for r in rows if key in r and r["step"] <= info["step"]]
+            if logged:
+                info[key] = {"first": logged[0][key], "last": logged[-1][key], "at_step": logged[-1]["step"]}
+    return info
+
+
+def run_arm(config: str, overrides: list[str], *, weights: str, tag: str, out_dir: Path, seed: int) -> dict:
+    """Probe + fine-tune of one initialization; returns the numbers."""
+    common = overrides + [f"model.pretrained={weights}", f"train.seed={seed}", f"train.out_dir={out_dir}",
+                          f"train.run_name={tag}_seed{seed}", "train.resume=never"]
+    cfg = load_finetune_config(config, common)
+    t0 = time.perf_counter()
+    run = finetune(cfg, mode="probe")
+    probe = json.loads((run / "probe.json").read_text())
+    probe_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run = finetune(cfg, mode="train")
+    results = json.loads((run / "results.json").read_text())
+    final = results["final"]
+    row = {"init": tag, "seed": seed, "linear_top1": probe["linear_top1"], "knn_top1": probe["knn_top1"],
+           "linear_train_top1": probe["linear_train_top1"],
+           "ft_top1": final["test"]["top1"], "ft_top5": final["test"]["top5"],
+           "ft_steps": results["steps"], "ft_wall_s": time.perf_counter() - t0, "probe_wall_s": probe_s,
+           "test_items": final["items"], "views": final["views"], "run": str(run)}
+    if "test_ema" in final:
+        row["ft_ema_top1"] = final["test_ema"]["top1"]
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    cols = [("linear_top1", "linear probe top-1"), ("knn_top1", "k-NN top-1"),
+            ("ft_top1", "fine-tune top-1 (5x3 views)"), ("ft_ema_top1", "fine-tune EMA top-1"),
+            ("ft_top5", "fine-tune top-5")]
+    cols = [(k, name) for k, name in cols if any(k in r for r in rows)]
+    lines = ["| init | " + " | ".join(name for _, name in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for tag in dict.fromkeys(r["init"] for r in rows):
+        mine = [r for r in rows if r["init"] == tag]
+        cells = []
+        for key, _ in cols:
+            values = [100 * r[key] for r in mine if key in r]
+            cell = f"{statistics.mean(values):.1f}"
+            if len(values) > 1:
+                cell += f" ± {statistics.stdev(values):.1f}"
+            cells.append(cell)
+        lines.append(f"| {tag} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="a pretraining run's step_XXXXXXXX folder (e.g. runs/demo/step_00000256)")
+    p.add_argument("--config", default=str(REPO / "configs/ft_demo.yaml"), help="fine-tuning config for both arms")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tune / probe seeds (mean ± std)")
+    p.add_argument("--out-dir", default="runs/transfer_evidence", help="run folders of the fine-tunes")
+    p.add_argument("--out", default="benchmarks/results/transfer_evidence.json", help="JSON result")
+    p.add_argument("overrides", nargs="*", help="key=value fine-tune overrides for both arms (after --)")
+    args = p.parse_args(argv)
+
+    checkpoint = Path(args.checkpoint)
+    if not (checkpoint / "state.pt").is_file():
+        p.error(f"{checkpoint}: not a checkpoint folder (no state.pt)")
+    info = pretraining_info(checkpoint)
+    arch = [f"model.name={info['model']}", f"model.img_size={info['img_size']}",
+            f"model.num_frames={info['num_frames']}"]
+    overrides = arch + args.overrides
+    print(f"pretrained: {json.dumps(info)}")
+    rows = []
+    for seed in args.seeds:
+        for tag, weights in (("pretrained", str(checkpoint)), ("random init", "")):
+            row = run_arm(args.config, overrides, weights=weights, tag=tag.replace(" ", "_"),
+                          out_dir=Path(args.out_dir), seed=seed)
+            row["init"] = tag
+            rows.append(row)
+            print(json.dumps(row))
+    md = table(rows)
+    command = "python benchmarks/transfer_evidence.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print()
+    print(md)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": command, "config": args.config, "overrides": overrides,
+                               "pretraining": info, "rows": rows, "table": md,
+                               "torch": torch.__version__}, indent=2))
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
