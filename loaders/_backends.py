@@ -24,6 +24,15 @@ _LOCAL = frozenset({None, "file", "local"})
 _S3 = frozenset({"s3", "s3a"})
 
 
+def protocol_options(storage_options: dict | None, protocol: str) -> dict:
+    """The options for `protocol`: storage_options is one dict for every protocol or {protocol: dict}."""
+    opts = storage_options or {}
+    if opts and all(isinstance(v, dict) for v in opts.values()) and \
+            set(opts) <= set(fsspec.available_protocols()):
+        return dict(opts.get(protocol, {}))
+    return dict(opts)
+
+
 class Backends:
     """Reads objects for one AsyncReader; every method but `__init__` runs on the loop thread."""
 
@@ -37,12 +46,7 @@ class Backends:
         self._by_protocol: dict[str, fsspec.AbstractFileSystem] = {}     # fast path per read
 
     def options_for(self, protocol: str) -> dict:
-        """storage_options is either one dict for every protocol or {protocol: dict}."""
-        opts = self._options
-        if opts and all(isinstance(v, dict) for v in opts.values()) and \
-                set(opts) <= set(fsspec.available_protocols()):
-            return dict(opts.get(protocol, {}))
-        return dict(opts)
+        return protocol_options(self._options, protocol)
 
     def filesystem(self, protocol: str) -> fsspec.AbstractFileSystem:
         """The filesystem for `protocol`, created on first use with the pool sized to the reader."""

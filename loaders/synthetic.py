@@ -311,7 +311,8 @@ def _demo_part(folder: Path, settings: dict, build, workers: int) -> tuple[dict[
     _write_json(marker, {"settings": settings, "complete": False})
     counts = build()
     for split in ("train", "val"):
-        result = index_folder(folder, split=split, workers=workers,
+        # Relative uris: the folder can move, or be served over HTTP / copied to a bucket as is.
+        result = index_folder(folder, split=split, workers=workers, relative=True,
                               out=folder / f"manifest_{split}.jsonl")
         if result.skipped:
             uri, reason = result.skipped[0]

@@ -21,8 +21,15 @@ def manifest_path(ds: DatasetConfig) -> str:
     return f"{ds.root.rstrip('/')}/manifest_{ds.split}.jsonl"
 
 
+def _options(url: str, storage_options: dict) -> dict:
+    from loaders._backends import protocol_options
+
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    return {} if protocol == "file" else protocol_options(storage_options, protocol)
+
+
 def _exists(url: str, storage_options: dict) -> bool:
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options if "://" in url and not url.startswith("file://") else {}))
+    fs, path = fsspec.core.url_to_fs(url, **_options(url, storage_options))
     return fs.exists(path)
 
 
@@ -45,7 +52,7 @@ def prepare_data(cfg: Config, dist_info: DistInfo) -> dict[str, int]:
                     f"the data root {ds.root} does not exist: generate a data set with `omnimae-data synth "
                     f"{name} {ds.root}` or point data.{name}.root at yours")
             raise ConfigError(f"data.{name}.root: no manifest at {path}; {hint}")
-        sizes[name] = len(read_manifest(path))
+        sizes[name] = len(read_manifest(path, storage_options=_options(path, cfg.data.storage_options)))
         if sizes[name] == 0:
             raise ConfigError(f"data.{name}.manifest: {path} lists no samples")
     return sizes
@@ -85,7 +92,8 @@ def build_train_loader(cfg: Config, derived: dict, dist_info: DistInfo):
         ds: DatasetConfig = getattr(cfg.data, name)
         if not ds.root:
             continue
-        manifest = read_manifest(manifest_path(ds))
+        path = manifest_path(ds)
+        manifest = read_manifest(path, storage_options=_options(path, cfg.data.storage_options))
         kwargs = dict(common, replication=ds.replication, mask_ratio=ds.mask_ratio, mask_type=ds.mask_type,
                       crop_scale=ds.crop_scale, flip_p=ds.flip_p)
         if name == "video":

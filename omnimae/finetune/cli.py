@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 def finetune_main(argv: list[str] | None = None) -> int:
     from omnimae.finetune.config import FinetuneConfig, load_finetune_config, to_dict
 
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     if args.help_config:
         print("\n".join(describe(FinetuneConfig())))
         return 0

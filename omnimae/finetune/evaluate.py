@@ -168,19 +168,28 @@ def _unpack(batch):
 
 def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feats: torch.Tensor,
                  val_labels: torch.Tensor, *, epochs: int = 300, lr: float = 1e-2,
-                 weight_decay: float = 1e-4, seed: int = 0) -> dict:
+                 weight_decay: float = 1e-4, seed: int = 0, standardize: bool = True) -> dict:
     """Full-batch AdamW on one Linear layer over frozen features (CPU tensors are fine).
 
-    Returns {"top1": val accuracy, "top5": ..., "train_top1": ..., "probe": the trained nn.Linear}.
+    standardize: scale every feature to zero mean and unit variance over the training set first
+    (MAE's linear probe puts a BatchNorm without affine before the head for the same reason:
+    pooled ViT features have very uneven scales, and a plain linear layer underfits them).
+    Returns {"top1": val accuracy, "top5": ..., "train_top1": ..., "probe": the trained nn.Linear,
+    "mean", "std": the standardization (apply (f - mean) / std before the probe)}.
     """
     num_classes = int(max(train_labels.max(), val_labels.max())) + 1
+    x, y = train_feats.float(), train_labels.long()
+    mean, std = x.new_zeros(x.shape[1]), x.new_ones(x.shape[1])
+    if standardize:
+        mean, std = x.mean(dim=0), x.std(dim=0) + 1e-6
+    x = (x - mean) / std
+    val_feats = (val_feats.float() - mean) / std
     g = torch.Generator().manual_seed(seed)
     probe = nn.Linear(train_feats.shape[1], num_classes).to(train_feats.device)
     with torch.no_grad():
         probe.weight.copy_(torch.randn(probe.weight.shape, generator=g) * 0.01)
         probe.bias.zero_()
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    x, y = train_feats.float(), train_labels.long()
     for _ in range(epochs):
         loss = F.cross_entropy(probe(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -189,7 +198,7 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feat
     with torch.no_grad():
         val = topk_accuracy(probe(val_feats.float()), val_labels.long())
         train = topk_accuracy(probe(x), y, ks=(1,))
-    return {"top1": val[1], "top5": val[5], "train_top1": train[1], "probe": probe}
+    return {"top1": val[1], "top5": val[5], "train_top1": train[1], "probe": probe, "mean": mean, "std": std}
 
 
 @torch.no_grad()

@@ -170,3 +170,19 @@ def test_profile_steps_write_a_trace_and_a_bottleneck_report(tiny_config):
     traces = list((run_dir / "profile").glob("*.pt.trace.json"))
     names = {e.get("name") for e in json.loads(traces[0].read_text())["traceEvents"]}
     assert {"data_wait", "decode", "assembly"} <= names  # the step's thread and the loader's thread
+
+
+def test_trains_from_an_http_object_store(tiny_config, tiny_data):
+    """Data roots may be any fsspec URL: the manifests and media come from a loopback HTTP server."""
+    from loaders.objserver import ObjectServer
+
+    with ObjectServer(tiny_data, latency_s=0.01) as server:
+        cfg = tiny_config(**{"data.image.root": f"{server.url}/images", "data.video.root": f"{server.url}/videos",
+                             "train.max_steps": 4, "train.run_name": "http"})
+        run_dir = train(cfg)
+        assert server.request_count() > 0
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert records[-1]["step"] == 4
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["loader"]["video"]["reader"]["requests"] > 0
+    assert summary["loader"]["video"]["failures"] == 0
