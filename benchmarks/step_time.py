@@ -34,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import host_info  # noqa: E402
+
 import torch  # noqa: E402
 
 from omnimae import flops as flops_table  # noqa: E402
@@ -205,15 +207,10 @@ def run_group(args, device, modality: str, precision: str, compiles) -> list[dic
 
 
 def hardware(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "gpu": None, "peak_bf16_tflops": None}
+    """host_info() plus the device's bf16 peak and the 1-minute load before the run."""
+    info = host_info()
+    info["load_average_1m"] = info["load_average"][0]
+    info["peak_bf16_tflops"] = None
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         peak = device_peak_flops(device)

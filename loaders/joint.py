@@ -1,7 +1,7 @@
 """JointLoader: one modality per step, in an epoch order shuffled identically on every rank.
 
-A background thread builds batches ahead (read -> decode -> assembly) so that at least `prefetch`
-are ready while the step runs. Each batch carries the loaders' state *after* it, and `state_dict()`
+A background thread assembles batches ahead so that at least `prefetch` are ready while the step
+runs; each loader reads and decodes on a thread of its own meanwhile (loaders.video). Each batch carries the loaders' state *after* it, and `state_dict()`
 returns the state of the last batch handed out: resuming skips exactly what was consumed, not what
 was merely prefetched.
 """
@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from loaders.batch import Batch
+from loaders.video import use_device
 
 _DONE = object()
 
@@ -75,6 +76,7 @@ class JointLoader:
     def _produce(self) -> None:
         epoch, position, order = self.epoch, self.position, self._order
         try:
+            use_device(next(iter(self.loaders.values())).device)  # assembly runs on this thread
             while not self._stop.is_set():
                 if position >= len(order):
                     epoch, position = epoch + 1, 0

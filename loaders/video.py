@@ -7,13 +7,22 @@ an epoch-seeded sampler, so a loader restored from `state_dict()` yields the sam
 
 Items that cannot be read or decoded are replaced by the next items of the epoch, counted, and
 logged with their uri and reason; nothing stalls and nothing crashes.
+
+Two stages run at once (`decode_ahead=1`, the default): a thread of the loader reads and decodes
+batch k+1 (stage 1) while the caller assembles batch k on the device (stage 2), so the decoder's
+threads do not idle through assembly. Batch k+1's randomness is still drawn from its own number,
+so the batches are the same as with `decode_ahead=0` (both stages in the caller's thread), and
+`state_dict()` counts the batches handed out, not the one decoded ahead.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -33,6 +42,77 @@ log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 256
 
 
+@dataclass
+class _Decoded:
+    """Stage 1's output for one batch: what assembly needs, and the loader state after the batch."""
+
+    clips: list  # per item a uint8 tensor, [T, H, W, 3] (videos) or [H, W, 3] (images)
+    labels: list[int]
+    generator: torch.Generator  # the batch's own, for crops, flips and masks
+    stats: dict  # read_wait, decode, items, skipped
+    state: dict  # what state_dict() returns once this batch is handed out
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+def use_device(device: torch.device) -> None:
+    """Make `device` current on this (new) thread: a thread starts on GPU 0 whatever the main
+    thread chose, and pinned buffers or a CUDA context made there would land on every rank's GPU 0."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
+class _DecodeStage:
+    """Stage 1 on its own thread: reads and decodes the next batches, at most `depth` ahead of
+    the caller (stage 2), which assembles one batch while the next one is being decoded."""
+
+    def __init__(self, produce: Callable[[], _Decoded], *, depth: int, device: torch.device, name: str):
+        self._produce = produce
+        self._device = device
+        self._free = threading.Semaphore(depth)  # batches that may be decoded before one is taken
+        self._ready: queue.SimpleQueue = queue.SimpleQueue()  # _Decoded, or one _Failed at the end
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            use_device(self._device)
+            while True:
+                while not self._free.acquire(timeout=0.1):
+                    if self._stop.is_set():
+                        return
+                if self._stop.is_set():
+                    return
+                self._ready.put(self._produce())
+        except BaseException as error:  # noqa: BLE001 - handed to the caller, raised there
+            self._ready.put(_Failed(error))
+
+    def get(self) -> _Decoded:
+        """The next decoded batch; an error of stage 1 is raised here (and again on every call)."""
+        while True:
+            try:
+                item = self._ready.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise RuntimeError("the loader is closed") from None
+        if isinstance(item, _Failed):
+            self._ready.put(item)
+            raise item.error
+        self._free.release()
+        return item
+
+    def stop(self, timeout_s: float) -> bool:
+        """Ask the thread to stop after the batch it is decoding; True once it has ended."""
+        self._stop.set()
+        self.thread.join(timeout=timeout_s)
+        return not self.thread.is_alive()
+
+
 class _ItemLoader:
     """What both loaders share: the sampler, the read stream, replacements, state and stats."""
 
@@ -43,7 +123,8 @@ class _ItemLoader:
                  patch_size: tuple[int, int, int] = (2, 16, 16), crop_size: int = 224,
                  crop_scale: tuple[float, float] = (0.08, 1.0), flip_p: float = 0.0,
                  mask_ratio: float = 0.9, mask_type: str = "random", max_in_flight: int = 64,
-                 storage_options: dict | None = None, decode_threads: int = 2, reader: AsyncReader | None = None):
+                 storage_options: dict | None = None, decode_threads: int = 2, reader: AsyncReader | None = None,
+                 decode_ahead: int = 1):
         if batch_size % replication:
             raise ValueError(f"batch_size {batch_size} is not divisible by replication {replication}")
         if len(manifest) == 0:
@@ -73,6 +154,10 @@ class _ItemLoader:
         self.items = 0  # items read and handed to the decoder (B / t per batch when none fail)
         self.decoded = 0  # items that decoded into a clip
         self._consecutive_failures = 0  # read or decode failures since the last good item
+        # Counters above include the batch decoded ahead; state_dict() does not (it is _consumed).
+        self.decode_ahead = max(0, decode_ahead)
+        self._stage: _DecodeStage | None = None
+        self._consumed: dict | None = None  # the state after the last batch handed out
 
     # ---- the read stream ---------------------------------------------------------------------
 
@@ -124,7 +209,8 @@ class _ItemLoader:
     def _decode(self, items: list, rng: np.random.Generator):
         raise NotImplementedError
 
-    def next_batch(self) -> Batch:
+    def _read_and_decode(self) -> _Decoded:
+        """Stage 1: the next batch's items, read and decoded (failed ones replaced)."""
         rng, gen = self._generators()
         stats = {"read_wait": 0.0, "decode": 0.0, "items": 0, "skipped": 0}
         clips, labels = [], []
@@ -147,16 +233,32 @@ class _ItemLoader:
             for position, reason in output.failures:
                 stats["skipped"] += 1
                 self._count_failure(self.manifest[items[position][0]].uri, reason)
+        self.batches += 1
+        return _Decoded(clips, labels, gen, stats, self._live_state())
+
+    def _assemble(self, decoded: _Decoded) -> Batch:
+        """Stage 2: replicas, crops, flips and masks on the device."""
         t0 = time.perf_counter()
         with record_function("assembly"):
-            batch = assemble_batch(clips, replication=self.replication, kind=self.modality, out_size=self.crop_size,
-                                   scale=self.crop_scale, flip_p=self.flip_p, mask_ratio=self.mask_ratio,
-                                   mask_type=self.mask_type, patch_size=self.patch_size, labels=labels,
-                                   generator=gen, device=self.device)
-        stats["assembly"] = time.perf_counter() - t0
-        batch.stats.update(stats)
-        self.batches += 1
+            batch = assemble_batch(decoded.clips, replication=self.replication, kind=self.modality,
+                                   out_size=self.crop_size, scale=self.crop_scale, flip_p=self.flip_p,
+                                   mask_ratio=self.mask_ratio, mask_type=self.mask_type,
+                                   patch_size=self.patch_size, labels=decoded.labels,
+                                   generator=decoded.generator, device=self.device)
+        batch.stats.update(decoded.stats)
+        batch.stats["assembly"] = time.perf_counter() - t0
+        self._consumed = decoded.state
         return batch
+
+    def next_batch(self) -> Batch:
+        if self.decode_ahead == 0:
+            return self._assemble(self._read_and_decode())
+        if self._stage is None:
+            if self._consumed is None:  # state_dict() before the first batch: nothing consumed
+                self._consumed = self._live_state()
+            self._stage = _DecodeStage(self._read_and_decode, depth=self.decode_ahead, device=self.device,
+                                       name=f"omnimae-{self.modality}-decode")
+        return self._assemble(self._stage.get())
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -164,15 +266,20 @@ class _ItemLoader:
 
     # ---- state -------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
-        """The position after the last batch handed out (reads in flight beyond it are not counted)."""
+    def _live_state(self) -> dict:
+        """The position after the last batch read (reads in flight beyond it are not counted)."""
         sampler_state = getattr(self, "_resume_state", None) or self.sampler.state_dict()
         return {"sampler": sampler_state, "batches": self.batches, "failures": self.failures,
                 "items": self.items, "decoded": self.decoded}
 
+    def state_dict(self) -> dict:
+        """The position after the last batch handed out (not counting the one decoded ahead)."""
+        return dict(self._consumed) if self._consumed is not None else self._live_state()
+
     def load_state_dict(self, state: dict) -> None:
-        if self._stream is not None:
+        if self._stream is not None or self._stage is not None:
             raise RuntimeError("load_state_dict must be called before the loader starts reading")
+        self._consumed = None
         self.sampler.load_state_dict(state["sampler"])
         self._resume_state = state["sampler"]
         self.batches = int(state["batches"])
@@ -181,13 +288,23 @@ class _ItemLoader:
         self.decoded = int(state.get("decoded", 0))
 
     def stats(self) -> dict:
+        """Work done so far, the batch being decoded ahead included."""
         return {"batches": self.batches, "items": self.items, "decoded": self.decoded, "failures": self.failures,
                 "reader": self.reader.stats(), "recent_failures": self.failure_log[-5:]}
 
-    def close(self) -> None:
-        """Stop the reads in flight, the reader (if this loader made it) and the decoder's threads."""
-        if self._stream is not None and hasattr(self._stream, "close"):
-            self._stream.close()
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Stop stage 1, the reads in flight, the reader (if this loader made it) and the decoder's
+        threads. Stage 1 finishes the batch it is decoding; one stuck on storage for more than a
+        second is unblocked by closing the reader under it (its read raises)."""
+        stage_done = self._stage is None or self._stage.stop(timeout_s=1.0)
+        if not stage_done:
+            if self._own_reader:
+                self.reader.close()
+            stage_done = self._stage.stop(timeout_s=timeout_s)
+            if not stage_done:
+                log.warning("%s loader: the decode thread did not stop within %.0f s", self.modality, timeout_s)
+        if stage_done and self._stream is not None and hasattr(self._stream, "close"):
+            self._stream.close()  # the stage-1 thread is gone: nobody else iterates the stream
         if self._own_reader:
             self.reader.close()
         decoder = getattr(self, "decoder", None)

@@ -3,7 +3,7 @@
 Training reads through the same VideoLoader / ImageLoader / JointLoader as pretraining (async reads,
 decode, replication, RandomResizedCrop and flip on the device, exact resume) with nothing masked.
 
-Testing needs the same item to give the same pixels every time: `TestViews` reads a manifest
+Testing needs the same item to give the same pixels every time: `EvalViews` reads a manifest
 shard in order and decodes, for each video, `num_clips` windows spread over it (5 in the paper;
 1 = the centre window), resizes the short side to the crop size and takes `num_crops` crops along
 the long side (3; official ShortSideScale + uniform crop). Images get MAE's single centre crop
@@ -52,7 +52,7 @@ def build_train_loader(cfg, manifest: Manifest, *, micro_batch: int, accumulatio
 
 
 @dataclass
-class TestBatch:
+class EvalBatch:
     """views: [V, B, 3, (T,) S, S] float, ImageNet-normalized, on the device; labels: [B] int64 there."""
 
     views: torch.Tensor
@@ -62,8 +62,8 @@ class TestBatch:
         return self.views.shape[1]
 
 
-class TestViews:
-    """Iterates TestBatches over this rank's share of a test manifest, in manifest order.
+class EvalViews:
+    """Iterates EvalBatches over this rank's share of a test manifest, in manifest order.
 
     Items are split round robin over ranks (rank r takes items r, r + W, ...): summing correct
     counts over ranks gives the exact accuracy. Items that fail to read or decode are skipped and
@@ -123,7 +123,7 @@ class TestViews:
                                      window_s=self.window_s, start=int(round(s * entry.fps)))
                 for s in starts]
 
-    def __iter__(self) -> Iterator[TestBatch]:
+    def __iter__(self) -> Iterator[EvalBatch]:
         from loaders.storage import AsyncReader
 
         self.failures = []
@@ -149,7 +149,7 @@ class TestViews:
         self.failures.append((redact(uri), reason))
         log.warning("test item skipped: %s: %s", redact(uri), reason)
 
-    def _assemble(self, chunk: list) -> TestBatch | None:
+    def _assemble(self, chunk: list) -> EvalBatch | None:
         clips = self._decode(chunk)  # per item: a list of num_clips uint8 [T, H, W, 3] / [H, W, 3], or None
         views, labels = [], []
         for (entry, _), item_clips in zip(chunk, clips):
@@ -167,7 +167,7 @@ class TestViews:
             return None
         pixels = torch.stack(views, dim=1)  # [V, B, 3, (T,) S, S], 0..255
         pixels = (pixels - self._mean) / self._std
-        return TestBatch(pixels, torch.tensor(labels, dtype=torch.int64, device=self.device))
+        return EvalBatch(pixels, torch.tensor(labels, dtype=torch.int64, device=self.device))
 
     def _decode(self, chunk: list) -> list:
         if self.modality == "image":

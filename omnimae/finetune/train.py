@@ -27,7 +27,7 @@ from omnimae.config import ConfigError
 from omnimae.finetune.augment import build_rand_augment, rand_augment, random_erasing
 from omnimae.finetune.classifier import Classifier, layer_decay_param_groups, load_encoder_weights
 from omnimae.finetune.config import FinetuneConfig, derive_finetune, manifest_paths, to_dict
-from omnimae.finetune.data import TestViews, build_train_loader
+from omnimae.finetune.data import EvalViews, build_train_loader
 from omnimae.finetune.ema import ModelEMA
 from omnimae.finetune.evaluate import (extract_features, knn_classify, linear_probe, multiview_logits,
                                        topk_accuracy, topk_correct)
@@ -76,9 +76,9 @@ def prepare_manifests(cfg: FinetuneConfig, dist_info: DistInfo):
 
 
 def build_test_views(cfg: FinetuneConfig, manifest, dist_info: DistInfo, *, num_clips: int | None = None,
-                     num_crops: int | None = None, max_items: int | None = None) -> TestViews:
+                     num_crops: int | None = None, max_items: int | None = None) -> EvalViews:
     d, e = cfg.data, cfg.eval
-    return TestViews(manifest, modality=d.modality, crop_size=cfg.model.img_size, num_frames=cfg.model.num_frames,
+    return EvalViews(manifest, modality=d.modality, crop_size=cfg.model.img_size, num_frames=cfg.model.num_frames,
                      window_s=d.window_s, num_clips=num_clips or e.num_clips, num_crops=num_crops or e.num_crops,
                      crop_ratio=e.crop_ratio, batch_size=e.batch_size, device=dist_info.device,
                      rank=dist_info.rank, world_size=dist_info.world_size, decode_backend=d.decode_backend,
@@ -96,7 +96,7 @@ def build_classifier(cfg: FinetuneConfig, num_classes: int, checkpoint=None) -> 
 # ---- testing ---------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def evaluate(models: dict[str, torch.nn.Module], test: TestViews, dist_info: DistInfo, autocast=None) -> dict:
+def evaluate(models: dict[str, torch.nn.Module], test: EvalViews, dist_info: DistInfo, autocast=None) -> dict:
     """Top-1 / top-5 of each model on the test views, softmax averaged over an item's views.
 
     One pass over the data for all models. Returns {name: {"top1", "top5"}, "items": n, "views": V,
@@ -130,7 +130,7 @@ def evaluate(models: dict[str, torch.nn.Module], test: TestViews, dist_info: Dis
     return out
 
 
-def frozen_features_eval(encoder: torch.nn.Module, train_views: TestViews, test_views: TestViews, *,
+def frozen_features_eval(encoder: torch.nn.Module, train_views: EvalViews, test_views: EvalViews, *,
                          autocast=None, probe_epochs: int = 300, knn_k: int = 20) -> dict:
     """Linear probe and k-NN on frozen, mean-pooled features (one centre view per item).
 
@@ -344,7 +344,7 @@ def _log_values(lr, loss_sum, nonfinite, grad_norm, window, flops_per_sample, pe
     return values
 
 
-def _test(step: int, models: dict, test: TestViews, dist_info: DistInfo, autocast, metrics: MetricsWriter) -> dict:
+def _test(step: int, models: dict, test: EvalViews, dist_info: DistInfo, autocast, metrics: MetricsWriter) -> dict:
     t0 = time.perf_counter()
     result = evaluate(models, test, dist_info, autocast)
     result.update(step=step, seconds=time.perf_counter() - t0)

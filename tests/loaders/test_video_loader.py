@@ -41,7 +41,8 @@ def with_bad_files(videos, tmp_path_factory) -> tuple[Manifest, dict[str, str]]:
 @pytest.mark.parametrize("replication", [1, 2, 4])
 def test_each_video_is_decoded_once_per_replication_group(videos, replication):
     batch_size, batches = 8, 3
-    loader = video_loader(videos, batch_size=batch_size, replication=replication)
+    # decode_ahead=0: exactly the batches asked for are decoded (test_decode_ahead_* covers the rest)
+    loader = video_loader(videos, batch_size=batch_size, replication=replication, decode_ahead=0)
     spy = DecodeSpy(loader, videos)
     try:
         for _ in range(batches):
@@ -79,7 +80,7 @@ def test_replicas_share_the_clip_but_not_the_crop_or_mask(videos):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_files_are_replaced_counted_and_logged(with_bad_files, backend, caplog):
     manifest, bad = with_bad_files  # 8 good + corrupt, truncated, empty, missing
-    loader = video_loader(manifest, decode_backend=backend, batch_size=4, replication=2)
+    loader = video_loader(manifest, decode_backend=backend, batch_size=4, replication=2, decode_ahead=0)
     caplog.set_level(logging.WARNING, logger="loaders.video")
     try:
         # 6 batches x 2 items = 12 good items: the whole first epoch (all 12 entries) is read.
@@ -192,7 +193,7 @@ def test_restored_loader_differs_from_a_fresh_one(videos):
 def test_ranks_read_disjoint_halves_of_an_epoch(videos):
     seen = []
     for rank in (0, 1):
-        loader = video_loader(videos, rank=rank, world_size=2, batch_size=4, replication=2)
+        loader = video_loader(videos, rank=rank, world_size=2, batch_size=4, replication=2, decode_ahead=0)
         spy = DecodeSpy(loader, videos)
         try:
             for _ in range(3):  # 3 batches x 2 items = this rank's 6 of the 12 videos
@@ -213,3 +214,88 @@ def test_close_stops_every_thread(videos, images):
         loader.next_batch()
         loader.close()
     assert wait_for_threads(before) == []
+
+
+@pytest.mark.timeout(60)
+def test_decode_ahead_gives_the_same_batches_and_resumes_across_modes(with_bad_files):
+    """Stage 1 on its own thread changes nothing in the batches (their randomness comes from the
+    batch number), and a state saved in one mode resumes in the other."""
+    manifest, _ = with_bad_files  # failures and an epoch boundary within 6 batches
+
+    def make(ahead):
+        return lambda: video_loader(manifest, batch_size=4, replication=2, decode_ahead=ahead)
+
+    sequential, pipelined = make(0)(), make(1)()
+    try:
+        a = [sequential.next_batch() for _ in range(6)]
+        b = [pipelined.next_batch() for _ in range(6)]
+    finally:
+        sequential.close()
+        pipelined.close()
+    assert all(same_batch(x, y) for x, y in zip(a, b))
+    for saved, restored in ((1, 0), (0, 1)):
+        first = make(saved)()
+        try:
+            for _ in range(3):
+                first.next_batch()
+            state = first.state_dict()
+        finally:
+            first.close()
+        resumed = make(restored)()
+        try:
+            resumed.load_state_dict(state)
+            got = [resumed.next_batch() for _ in range(3)]
+        finally:
+            resumed.close()
+        assert all(same_batch(x, y) for x, y in zip(a[3:], got)), (saved, restored)
+
+
+@pytest.mark.timeout(60)
+def test_decode_ahead_state_counts_batches_handed_out(videos):
+    loader = video_loader(videos, batch_size=4, replication=2, decode_ahead=1)
+    spy = DecodeSpy(loader, videos)
+    try:
+        assert loader.state_dict()["batches"] == 0
+        loader.next_batch()
+        for _ in range(100):  # stage 1 decodes the next batch meanwhile, and then waits
+            if len(spy.calls) == 2:
+                break
+            threading.Event().wait(0.05)
+        threading.Event().wait(0.2)
+        assert len(spy.calls) == 2  # one batch ahead, no more
+        state = loader.state_dict()
+        assert loader.stats()["batches"] == 2 and state["batches"] == 1
+        assert state["items"] == state["decoded"] == 2
+    finally:
+        loader.close()
+
+
+@pytest.mark.timeout(60)
+def test_decode_ahead_decodes_the_next_batch_during_assembly(videos, monkeypatch):
+    """With a slow assembly, batch k+1's decode starts before batch k's assembly ends."""
+    real_assemble = video.assemble_batch
+    assembling, overlapped = threading.Event(), []
+
+    def slow_assemble(*args, **kwargs):
+        assembling.set()
+        try:
+            threading.Event().wait(0.3)
+            return real_assemble(*args, **kwargs)
+        finally:
+            assembling.clear()
+
+    monkeypatch.setattr(video, "assemble_batch", slow_assemble)
+    loader = video_loader(videos, batch_size=4, replication=2)
+    decode = loader.decoder.decode
+
+    def watched_decode(*args, **kwargs):
+        overlapped.append(assembling.is_set())
+        return decode(*args, **kwargs)
+
+    loader.decoder.decode = watched_decode
+    try:
+        for _ in range(3):
+            loader.next_batch()
+    finally:
+        loader.close()
+    assert overlapped[0] is False and any(overlapped[1:])
