@@ -1,9 +1,9 @@
 """JointLoader: one modality per step, in an epoch order shuffled identically on every rank.
 
 A background thread assembles batches ahead so that at least `prefetch` are ready while the step
-runs; each loader reads and decodes on a thread of its own meanwhile (loaders.video). Each batch carries the loaders' state *after* it, and `state_dict()`
-returns the state of the last batch handed out: resuming skips exactly what was consumed, not what
-was merely prefetched.
+runs; each loader reads and decodes on a thread of its own meanwhile (loaders.video). Each batch
+carries the loaders' state *after* it, and `state_dict()` returns the state of the last batch handed
+out: resuming skips exactly what was consumed, not what was merely prefetched or decoded ahead.
 """
 
 from __future__ import annotations

@@ -114,7 +114,11 @@ class _DecodeStage:
 
 
 class _ItemLoader:
-    """What both loaders share: the sampler, the read stream, replacements, state and stats."""
+    """What both loaders share: the sampler, the read stream, replacements, state and stats.
+
+    decode_ahead: batches read and decoded ahead on the loader's own thread while the caller
+    assembles (0: read, decode and assemble in the caller's thread, one after the other).
+    """
 
     modality = ""
 
