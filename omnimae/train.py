@@ -22,6 +22,7 @@ from omnimae import checkpoint as ckpt
 from omnimae.config import Config, derive, to_dict
 from omnimae.data import build_train_loader, prepare_data
 from omnimae.metrics import MetricsWriter, StageClock, bottleneck_summary, device_peak_flops
+from omnimae.masking import num_visible
 from omnimae.model import build_model
 from omnimae.profiling import StepProfiler, format_report
 from omnimae.parallel import (DistInfo, all_reduce_mean, parallelize, setup_distributed, teardown_distributed,
@@ -113,18 +114,21 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
 
     dataset_sizes = prepare_data(cfg, dist_info)  # {"image": n, "video": n}; may generate demo data
     derived = derive(cfg, world_size=dist_info.world_size, dataset_sizes=dataset_sizes)
+    model = build_model(cfg.model.name, img_size=cfg.model.img_size, num_frames=cfg.model.num_frames,
+                        norm_pix_loss=cfg.model.norm_pix_loss)
+    derived["tokens_per_sample"] = {m: model.num_tokens(m) for m in dataset_sizes}
+    derived["visible_tokens_per_sample"] = {
+        m: num_visible(model.num_tokens(m), getattr(cfg.data, m).mask_ratio) for m in dataset_sizes}
+    derived["parameters_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = {"config": to_dict(cfg), "derived": derived, "dataset_sizes": dataset_sizes}
         (run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
         _print(dist_info, "config:", json.dumps(to_dict(cfg), default=str))
-        _print(dist_info, "derived:", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+        _print(dist_info, "derived:", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                 for k, v in derived.items()))
 
-    model = build_model(cfg.model.name, img_size=cfg.model.img_size, num_frames=cfg.model.num_frames,
-                        norm_pix_loss=cfg.model.norm_pix_loss).to(device)
-    tokens = {m: model.num_tokens(m) for m in dataset_sizes}
-    _print(dist_info, "tokens per sample:", tokens, f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M")
+    model = model.to(device)
     train_model = parallelize(model, dist_info=dist_info, compile=cfg.parallel.compile,
                               strategy=cfg.parallel.strategy,
                               activation_checkpointing=cfg.parallel.activation_checkpointing)

@@ -29,7 +29,7 @@ def tiny_overrides(data_root, run_dir, **extra) -> list[str]:
         "optim.lr": 1e-3, "optim.lr_batch": 8, "optim.warmup_epochs": 0.5,
         "train.batch_size": 8, "train.max_steps": 6, "train.log_every": 1, "train.ckpt_every": 0,
         "train.out_dir": str(run_dir), "train.run_name": "run", "parallel.compile": False,
-        "train.device": "cpu",
+        "train.device": "cpu", "data.synth_if_missing": "",
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
