@@ -64,7 +64,10 @@ def test_derived_values():
 def test_every_shipped_config_loads():
     from pathlib import Path
 
+    # ft_*.yaml are fine-tuning configs, read by omnimae.finetune's own config tree.
     for path in sorted(Path(__file__).parents[2].joinpath("configs").glob("*.yaml")):
+        if path.name.startswith("ft_"):
+            continue
         cfg = load_config(path)
         json.dumps(cfg.__dict__, default=str)
         assert isinstance(cfg, Config)
