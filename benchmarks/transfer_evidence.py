@@ -9,7 +9,7 @@ towards/away, appear/disappear, clockwise/counter-clockwise), for each initializ
 Prints a markdown table and writes JSON (with the pretraining loss of the checkpoint used).
 
     python benchmarks/transfer_evidence.py runs/demo/step_00000256           # ~10 min on 2 CPU cores
-    python benchmarks/transfer_evidence.py CKPT --seeds 0 1 2 --out benchmarks/results/transfer.json
+    python benchmarks/transfer_evidence.py CKPT --seeds 0 1 2 --out benchmarks/out/transfer.json
 
 The fine-tune config, the architecture read from the checkpoint (model name, img_size, num_frames)
 and any `key=value` overrides after `--` apply to both arms alike.
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=str(REPO / "configs/ft_demo.yaml"), help="fine-tuning config for both arms")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tune / probe seeds (mean ± std)")
     p.add_argument("--out-dir", default="runs/transfer_evidence", help="run folders of the fine-tunes")
-    p.add_argument("--out", default="benchmarks/results/transfer_evidence.json", help="JSON result")
+    p.add_argument("--out", default="benchmarks/out/transfer_evidence.json", help="JSON result")
     p.add_argument("overrides", nargs="*", help="key=value fine-tune overrides for both arms (after --)")
     args = p.parse_args(argv)
 

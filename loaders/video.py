@@ -328,7 +328,7 @@ class VideoLoader(_ItemLoader):
 
         self.num_frames = num_frames
         self.window_s = window_s
-        codec = codec or _guess_codec(manifest)
+        codec = codec or guess_codec(manifest)
         self.decoder = make_video_decoder(backend=decode_backend, codec=codec, device=self.device,
                                           short_side=short_side, num_frames=num_frames,
                                           batch_size=self.items_per_batch, threads=self.decode_threads)
@@ -357,7 +357,7 @@ class ImageLoader(_ItemLoader):
         return self.decoder.decode([data for _, data in items])
 
 
-def _guess_codec(manifest: Manifest) -> str:
+def guess_codec(manifest: Manifest) -> str:
     """The container suggests the codec (SSv2's .webm is VP9; .mp4 is usually H.264)."""
     uri = manifest[0].uri.lower().split("?")[0]
     if uri.endswith(".webm") or uri.endswith(".mkv"):

@@ -82,7 +82,7 @@ class Preemption:
         return bool(flag.item())  # sync
 
 
-def _precision(cfg: Config, device: torch.device):
+def autocast_for(cfg: Config, device: torch.device):
     mode = cfg.train.precision
     if mode == "auto":
         mode = "bf16" if device.type == "cuda" else "fp32"
@@ -143,7 +143,7 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
                                               rank=dist_info.rank)
         _print(dist_info, f"resumed from {resume_path} at step {start_step}")
 
-    autocast, precision = _precision(cfg, device)
+    autocast, precision = autocast_for(cfg, device)
     sharded = dist_info.distributed and cfg.parallel.strategy == "fsdp"  # forwards are collective
     peak_flops = device_peak_flops(device)
     metrics = MetricsWriter(run_dir, enabled=dist_info.is_main)

@@ -10,6 +10,11 @@
 - evaluate: `spatial_crops`, `clip_start_times`, `multiview_logits`, `topk_accuracy`,
   `topk_correct`, `extract_features`, `linear_probe`, `knn_classify`.
 
+The trainer on top of them: config (FinetuneConfig, configs/ft_*.yaml), data (the production
+loaders with nothing masked for training; EvalViews: deterministic 5 clips x 3 crops for testing),
+train (`finetune(cfg, mode="train" | "eval" | "probe")`), cli (`omnimae-finetune`). Those import
+the loaders and the trainer; import them by module, they are not re-exported here.
+
 A fine-tuning step, roughly: pixels in [0, 1] -> rand_augment -> normalize -> random_erasing ->
 Mixup -> classifier under autocast -> soft_target_cross_entropy -> AdamW over
 layer_decay_param_groups (group["lr"] = schedule(step) * group["lr_scale"]) -> ema.update(model).

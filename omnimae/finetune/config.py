@@ -34,8 +34,7 @@ class FtModelConfig:
     drop_path: float = 0.1
     """Stochastic depth rate of the last block (paper: 0.1 ViT-B, 0.2 ViT-L/H), linear from 0."""
     pretrained: str = ""
-    """Starting weights: our weight file, a pretraining run's step_XXXXXXXX/ folder, or an official
-    omnivore checkpoint (pretraining or fine-tuned); empty = random initialization."""
+    """Starting weights: a weight file, a run's step_XXXXXXXX/ folder or an official checkpoint; empty = random."""
 
 
 @dataclass

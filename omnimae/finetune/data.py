@@ -20,6 +20,7 @@ import torch
 
 from loaders.manifest import Manifest
 from loaders.redact import redact
+from loaders.video import guess_codec
 from omnimae.finetune.evaluate import clip_start_times, spatial_crops
 from omnimae.model import IMAGENET_MEAN, IMAGENET_STD
 
@@ -95,7 +96,7 @@ class EvalViews:
         self.decode_threads = decode_threads
         self.max_in_flight = max_in_flight
         self.storage_options = storage_options
-        self.codec = _guess_codec(manifest) if modality == "video" and len(manifest) else None
+        self.codec = guess_codec(manifest) if modality == "video" and len(manifest) else None
         self.failures: list[tuple[str, str]] = []
         self._decoder = None
         shape = (1, 3) + ((1,) if modality == "video" else ()) + (1, 1)
@@ -144,6 +145,13 @@ class EvalViews:
                 batch = self._assemble(chunk)
                 if batch is not None:
                     yield batch
+
+    def placeholder(self) -> EvalBatch:
+        """One item of zeros labelled -1 (counted nowhere): keeps ranks in step when a share runs out."""
+        frames = (self.num_frames,) if self.modality == "video" else ()
+        views = torch.zeros((self.views_per_item, 1, 3) + frames + (self.crop_size, self.crop_size),
+                            device=self.device)
+        return EvalBatch(views, torch.full((1,), -1, dtype=torch.int64, device=self.device))
 
     def _fail(self, uri: str, reason: str) -> None:
         self.failures.append((redact(uri), reason))
@@ -209,8 +217,3 @@ class EvalViews:
             self._decoder.close()
         self._decoder = None
 
-
-def _guess_codec(manifest: Manifest) -> str:
-    from loaders.video import _guess_codec as guess
-
-    return guess(manifest)

@@ -34,7 +34,7 @@ from omnimae.finetune.evaluate import (extract_features, knn_classify, linear_pr
 from omnimae.finetune.mixup import Mixup, soft_target_cross_entropy
 from omnimae.metrics import MetricsWriter, device_peak_flops
 from omnimae.parallel import DistInfo, parallelize, setup_distributed, teardown_distributed, unwrap
-from omnimae.train import Preemption, _precision, lr_at
+from omnimae.train import Preemption, autocast_for, lr_at
 
 
 def _print(dist_info: DistInfo, *args) -> None:
@@ -107,15 +107,27 @@ def evaluate(models: dict[str, torch.nn.Module], test: EvalViews, dist_info: Dis
     correct = {name: torch.zeros(2, dtype=torch.int64, device=device) for name in models}
     modes = {name: m.training for name, m in models.items()}
     count = torch.zeros((), dtype=torch.int64, device=device)
+    batches = iter(test)
     try:
         for m in models.values():
             m.eval()
-        for batch in test:
+        while True:
+            batch = next(batches, None)
+            if dist_info.distributed:
+                # FSDP2 gathers parameters inside every forward, so all ranks must run the same number
+                # of them: a rank whose share ran out forwards a placeholder until every rank is done.
+                more = torch.tensor(float(batch is not None), device=device)
+                dist.all_reduce(more, op=dist.ReduceOp.MAX)  # sync: evaluation only
+                if more.item() == 0:
+                    break
+                batch = batch if batch is not None else test.placeholder()
+            elif batch is None:
+                break
             for name, m in models.items():
                 with autocast:
                     probs = multiview_logits(m, batch.views)  # [B, C]
-                correct[name] += topk_correct(probs, batch.labels, (1, 5))
-            count += len(batch)
+                correct[name] += topk_correct(probs, batch.labels, (1, 5))  # label -1 never counts
+            count += (batch.labels >= 0).sum()
     finally:
         for name, m in models.items():
             m.train(modes[name])
@@ -156,15 +168,18 @@ def finetune(cfg: FinetuneConfig, *, mode: str = "train") -> Path:
     if mode not in ("train", "eval", "probe"):
         raise ValueError(f"mode must be train, eval or probe, got {mode!r}")
     dist_info = setup_distributed(cfg.train.device)
-    preempt = Preemption().install()
     try:
         if mode == "probe":
             return _probe(cfg, dist_info)
         if mode == "eval":
             return _eval_only(cfg, dist_info)
-        return _train(cfg, dist_info, preempt)
+        # Only training turns SIGTERM into "checkpoint and exit 0"; testing and probing just stop.
+        preempt = Preemption().install()
+        try:
+            return _train(cfg, dist_info, preempt)
+        finally:
+            preempt.uninstall()
     finally:
-        preempt.uninstall()
         teardown_distributed()
 
 
@@ -193,7 +208,11 @@ def _train(cfg: FinetuneConfig, dist_info: DistInfo, preempt: Preemption) -> Pat
 
     classifier = build_classifier(cfg, num_classes).to(device)
     _print(dist_info, f"weights: {cfg.model.pretrained or 'random init'} -> {classifier.load_info}")
-    ema = ModelEMA(classifier, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
+    ema = ModelEMA(classifier, cfg.optim.ema_decay) if cfg.optim.ema_decay else None  # before any wrapper
+    train_model = parallelize(classifier, dist_info=dist_info, compile=cfg.parallel.compile,
+                              strategy=cfg.parallel.strategy,
+                              activation_checkpointing=cfg.parallel.activation_checkpointing)
+    # After parallelize: FSDP2 replaces the parameters by shards, and the optimizer must hold those.
     groups = layer_decay_param_groups(classifier, derived["lr"], cfg.optim.weight_decay, cfg.optim.layer_decay)
     # Fused AdamW skips a non-finite step on the device (found_inf), as in pretraining.
     optimizer = torch.optim.AdamW(groups, lr=derived["lr"], betas=cfg.optim.betas, fused=True)
@@ -208,11 +227,7 @@ def _train(cfg: FinetuneConfig, dist_info: DistInfo, preempt: Preemption) -> Pat
         start_step = ckpt.load_training_state(resume_path, model=classifier, optimizer=optimizer, loader=loader,
                                               rank=dist_info.rank, extra=extra)
         _print(dist_info, f"resumed from {resume_path} at step {start_step}")
-
-    train_model = parallelize(classifier, dist_info=dist_info, compile=cfg.parallel.compile,
-                              strategy=cfg.parallel.strategy,
-                              activation_checkpointing=cfg.parallel.activation_checkpointing)
-    autocast, precision = _precision(cfg, device)
+    autocast, precision = autocast_for(cfg, device)
     a = cfg.augment
     mixup = Mixup(num_classes, mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, switch_prob=a.mixup_switch_prob,
                   prob=a.mixup_prob, label_smoothing=a.label_smoothing)
@@ -372,7 +387,7 @@ def _eval_only(cfg: FinetuneConfig, dist_info: DistInfo) -> Path:
             models["test_ema"] = build_classifier(cfg, num_classes, ema_state["module"])
     for m in models.values():
         m.to(dist_info.device)
-    autocast, _ = _precision(cfg, dist_info.device)
+    autocast, _ = autocast_for(cfg, dist_info.device)
     test = build_test_views(cfg, test_manifest, dist_info)
     result = _test(-1, models, test, dist_info, autocast, MetricsWriter(run_dir, enabled=False))
     test.close()
@@ -394,7 +409,7 @@ def _probe(cfg: FinetuneConfig, dist_info: DistInfo) -> Path:
     if cfg.model.pretrained:
         load_encoder_weights(encoder, cfg.model.pretrained)
     encoder.to(dist_info.device)
-    autocast, _ = _precision(cfg, dist_info.device)
+    autocast, _ = autocast_for(cfg, dist_info.device)
     views = [build_test_views(cfg, m, dist_info, num_clips=1, num_crops=1, max_items=0)
              for m in (train_manifest, test_manifest)]
     result = frozen_features_eval(encoder, *views, autocast=autocast)
