@@ -25,7 +25,6 @@ import http.client
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import ServerProcess  # noqa: E402
 
 from loaders._aio_loop import new_event_loop  # noqa: E402
 from loaders.storage import AsyncReader  # noqa: E402
@@ -45,31 +46,6 @@ def write_objects(root: Path, count: int, size: int) -> list[str]:
         (root / name).write_bytes(os.urandom(size))
         names.append(name)
     return names
-
-
-class ServerProcess:
-    """`python -m loaders.objserver ROOT --port 0 --latency-ms L --jitter-ms J` and its URL."""
-
-    def __init__(self, root: Path, latency_ms: float, jitter_ms: float = 0.0):
-        repo = Path(__file__).resolve().parents[1]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loaders.objserver", str(root), "--port", "0",
-             "--latency-ms", str(latency_ms), "--jitter-ms", str(jitter_ms)],
-            cwd=repo, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if " at " not in line:
-            self.proc.kill()
-            raise RuntimeError(f"objserver did not start: {line!r}")
-        self.url = line.rsplit(" at ", 1)[1].strip()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def _summary(count: int, nbytes: int, elapsed: float, latencies_s: list[float]) -> dict:

@@ -33,7 +33,7 @@ from omnimae.finetune.evaluate import (extract_features, knn_classify, linear_pr
                                        topk_accuracy, topk_correct)
 from omnimae.finetune.mixup import Mixup, soft_target_cross_entropy
 from omnimae.metrics import MetricsWriter, device_peak_flops
-from omnimae.parallel import DistInfo, parallelize, setup_distributed, teardown_distributed, unwrap
+from omnimae.parallel import DistInfo, parallelize, setup_distributed, teardown_distributed
 from omnimae.train import Preemption, autocast_for, lr_at
 
 
