@@ -270,8 +270,13 @@ def _deep_update(base: dict, extra: dict) -> dict:
     return base
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Defaults < YAML file < overrides, validated. Raises ConfigError with one line."""
+def load_config(path: str | Path | None, overrides: list[str] = (), *, base: Any = None,
+                check=None) -> Any:
+    """Defaults < YAML file < overrides, validated. Raises ConfigError with one line.
+
+    base / check: another config tree (its defaults) and its validator; the pretraining Config and
+    `validate` by default (omnimae.finetune reads its own tree with the same rules).
+    """
     updates: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -284,10 +289,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         updates = loaded
     for text in overrides:
         _deep_update(updates, parse_override(text))
-    cfg = merge(Config(), updates)
+    cfg = merge(Config() if base is None else base, updates)
     if path is not None and not cfg.train.run_name:
         cfg.train.run_name = Path(path).stem
-    validate(cfg)
+    (validate if check is None else check)(cfg)
     return cfg
 
 

@@ -1,8 +1,8 @@
 """Fine-tuning configuration: its own dataclass tree on the pretraining config machinery.
 
 Same rules as `omnimae.config` (defaults < YAML file < `key.sub=value` overrides, one-line errors
-naming the full key, `--help-config` from the field docstrings); `merge`, `parse_override`,
-`describe` and `derive` are the pretraining ones. Defaults are the paper's ViT-B SSv2 recipe
+naming the full key, `--help-config` from the field docstrings); `load_config`, `describe` and
+`derive` are the pretraining ones. Defaults are the paper's ViT-B SSv2 recipe
 (Table 5, left); configs/ft_*.yaml hold what differs.
 """
 
@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from omnimae.config import (SIZES, Config, ConfigError, DataConfig, DatasetConfig, OptimConfig, ParallelConfig,
-                            TrainConfig, _deep_update, _FloatLoader, derive, merge, parse_override)
+                            TrainConfig, derive, load_config)
 
 MODALITIES = ("image", "video")
 
@@ -179,23 +177,7 @@ class FinetuneConfig:
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] = ()) -> FinetuneConfig:
     """Defaults < YAML file < overrides, validated. Raises ConfigError with one line."""
-    updates: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        with open(path) as f:
-            loaded = yaml.load(f, Loader=_FloatLoader) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        updates = loaded
-    for text in overrides:
-        _deep_update(updates, parse_override(text))
-    cfg = merge(FinetuneConfig(), updates)
-    if path is not None and not cfg.train.run_name:
-        cfg.train.run_name = path.stem
-    validate(cfg)
-    return cfg
+    return load_config(path, overrides, base=FinetuneConfig(), check=validate)
 
 
 def validate(cfg: FinetuneConfig) -> None:
