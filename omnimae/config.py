@@ -111,17 +111,19 @@ class ParallelConfig:
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """The loop settings pretraining and fine-tuning share (each tree sets its own defaults)."""
+
     batch_size: int = 2048
     """Global batch in samples (replicas counted) per optimizer step."""
     micro_batch: int = 0
     """Samples per rank per forward pass; 0 = global batch / world size (no accumulation)."""
     epochs: float = 800.0
-    """Training length in epochs (an epoch is all samples of both data sets, replicas counted)."""
+    """Training length in epochs (an epoch is every sample of the data sets, replicas counted)."""
     max_steps: int = 0
     """Stop after this many optimizer steps; 0 = run the epochs."""
     seed: int = 0
-    """Seed for the data order, masks, crops and initialization."""
+    """Seed for the data order, crops, masks or mixing, and initialization."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     precision: str = "auto"
@@ -134,14 +136,20 @@ class TrainConfig:
     """Checkpoints kept."""
     resume: str = "auto"
     """auto (latest checkpoint in the run folder), never, or a checkpoint path."""
-    vis_every: int = 0
-    """Optimizer steps between reconstruction pictures; 0 = only at the end."""
-    max_nonfinite: int = 10
-    """Consecutive non-finite losses before the run stops with diagnostics."""
     out_dir: str = "runs"
     """Folder holding run folders."""
     run_name: str = ""
     """Run folder name; empty = the config file's stem."""
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """The pretraining loop: RunConfig plus pictures, the non-finite guard and profiling."""
+
+    vis_every: int = 0
+    """Optimizer steps between reconstruction pictures; 0 = only at the end."""
+    max_nonfinite: int = 10
+    """Consecutive non-finite losses before the run stops with diagnostics."""
     profile_steps: int = 0
     """Record a torch.profiler trace of this many steps (0 = off)."""
 
@@ -311,12 +319,25 @@ SIZES = ("debug", "small", "base", "large", "huge")
 MASK_TYPES = ("random", "tube", "causal", "frame")
 
 
+def need(ok: bool, key: str, why: str) -> None:
+    """Raises the one-line ConfigError for `key` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}: {why}")
+
+
+def validate_run(train: RunConfig, parallel: ParallelConfig) -> None:
+    """The checks every config tree's `train` and `parallel` sections share."""
+    need(parallel.strategy in ("ddp", "fsdp"), "parallel.strategy", "expected ddp or fsdp")
+    need(train.batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(train.micro_batch >= 0, "train.micro_batch", "must be >= 0")
+    need(train.epochs > 0 or train.max_steps > 0, "train.epochs", "must be > 0 (or set train.max_steps)")
+    need(train.log_every >= 1, "train.log_every", "must be >= 1")
+    need(train.precision in ("auto", "bf16", "fp32"), "train.precision", "expected auto, bf16 or fp32")
+    need(train.keep_last >= 1, "train.keep_last", "must be >= 1")
+
+
 def validate(cfg: Config) -> None:
     """Impossible values, each named by its full key."""
-
-    def need(ok: bool, key: str, why: str):
-        if not ok:
-            raise ConfigError(f"{key}: {why}")
 
     need(cfg.model.name in SIZES, "model.name", f"expected one of {', '.join(SIZES)}, got {cfg.model.name!r}")
     patch = 14 if cfg.model.name == "huge" else 16
@@ -346,13 +367,7 @@ def validate(cfg: Config) -> None:
     need(cfg.data.window_s > 0, "data.window_s", "must be > 0")
     need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
     need(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
-    need(cfg.parallel.strategy in ("ddp", "fsdp"), "parallel.strategy", "expected ddp or fsdp")
-    need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
-    need(cfg.train.micro_batch >= 0, "train.micro_batch", "must be >= 0")
-    need(cfg.train.epochs > 0 or cfg.train.max_steps > 0, "train.epochs", "must be > 0 (or set train.max_steps)")
-    need(cfg.train.log_every >= 1, "train.log_every", "must be >= 1")
-    need(cfg.train.precision in ("auto", "bf16", "fp32"), "train.precision", "expected auto, bf16 or fp32")
-    need(cfg.train.keep_last >= 1, "train.keep_last", "must be >= 1")
+    validate_run(cfg.train, cfg.parallel)
 
 
 def derive(cfg: Config, *, world_size: int, dataset_sizes: dict[str, int]) -> dict[str, Any]:
@@ -405,11 +420,11 @@ def describe(obj: Any = None, prefix: str = "") -> list[str]:
     obj = Config() if obj is None else obj
     cls = type(obj)
     docs: dict[str, str] = {}
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = str(nxt.value.value)
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # base fields too
+        body = ast.parse(inspect.getsource(klass)).body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = str(nxt.value.value)
     lines = []
     for f in dataclasses.fields(cls):
         value = getattr(obj, f.name)

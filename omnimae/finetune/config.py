@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omnimae.config import (SIZES, Config, ConfigError, DataConfig, DatasetConfig, OptimConfig, ParallelConfig,
-                            TrainConfig, derive, load_config)
+from omnimae.config import (SIZES, Config, DataConfig, DatasetConfig, OptimConfig, ParallelConfig, RunConfig,
+                            derive, load_config, need, validate_run)
 
 MODALITIES = ("image", "video")
 
@@ -128,36 +128,6 @@ class EvalConfig:
 
 
 @dataclass
-class FtTrainConfig:
-    batch_size: int = 512
-    """Global batch in samples (replicas counted) per optimizer step."""
-    micro_batch: int = 0
-    """Samples per rank per forward pass; 0 = global batch / world size (no accumulation)."""
-    epochs: float = 40.0
-    """Training length in epochs over the training manifest (replicas counted)."""
-    max_steps: int = 0
-    """Stop after this many optimizer steps; 0 = run the epochs."""
-    seed: int = 0
-    """Seed for the data order, crops, augmentation, mixing and the head."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    precision: str = "auto"
-    """auto (bf16 on GPUs, fp32 on the CPU), bf16 or fp32."""
-    log_every: int = 20
-    """Optimizer steps between metric lines (and host syncs)."""
-    ckpt_every: int = 1000
-    """Optimizer steps between checkpoints; 0 = only at the end."""
-    keep_last: int = 2
-    """Checkpoints kept."""
-    resume: str = "auto"
-    """auto (latest checkpoint in the run folder), never, or a checkpoint path."""
-    out_dir: str = "runs"
-    """Folder holding run folders."""
-    run_name: str = ""
-    """Run folder name; empty = the config file's stem."""
-
-
-@dataclass
 class FinetuneConfig:
     model: FtModelConfig = field(default_factory=FtModelConfig)
     """The classifier and its starting weights."""
@@ -171,8 +141,8 @@ class FinetuneConfig:
     """The test protocol."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """Distribution, compile and memory (as in pretraining)."""
-    train: FtTrainConfig = field(default_factory=FtTrainConfig)
-    """The loop."""
+    train: RunConfig = field(default_factory=lambda: RunConfig(batch_size=512, epochs=40.0, keep_last=2))
+    """The loop (the pretraining loop's settings, fine-tuning defaults)."""
 
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] = ()) -> FinetuneConfig:
@@ -182,10 +152,6 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] = ()) -> 
 
 def validate(cfg: FinetuneConfig) -> None:
     """Impossible values, each named by its full key."""
-
-    def need(ok: bool, key: str, why: str):
-        if not ok:
-            raise ConfigError(f"{key}: {why}")
 
     m, d, a, o, e, t = cfg.model, cfg.data, cfg.augment, cfg.optim, cfg.eval, cfg.train
     need(m.name in SIZES, "model.name", f"expected one of {', '.join(SIZES)}, got {m.name!r}")
@@ -230,13 +196,7 @@ def validate(cfg: FinetuneConfig) -> None:
     need(0 < e.crop_ratio <= 1, "eval.crop_ratio", "must be in (0, 1]")
     need(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
     need(e.max_items >= 0, "eval.max_items", "must be >= 0")
-    need(cfg.parallel.strategy in ("ddp", "fsdp"), "parallel.strategy", "expected ddp or fsdp")
-    need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
-    need(t.micro_batch >= 0, "train.micro_batch", "must be >= 0")
-    need(t.epochs > 0 or t.max_steps > 0, "train.epochs", "must be > 0 (or set train.max_steps)")
-    need(t.log_every >= 1, "train.log_every", "must be >= 1")
-    need(t.precision in ("auto", "bf16", "fp32"), "train.precision", "expected auto, bf16 or fp32")
-    need(t.keep_last >= 1, "train.keep_last", "must be >= 1")
+    validate_run(t, cfg.parallel)
 
 
 def manifest_paths(cfg: FinetuneConfig) -> tuple[str, str]:
@@ -254,8 +214,7 @@ def derive_finetune(cfg: FinetuneConfig, *, world_size: int, train_items: int) -
                                                             replication=cfg.data.replication)}),
         optim=OptimConfig(lr=cfg.optim.lr, lr_batch=cfg.optim.lr_batch, min_lr=cfg.optim.min_lr,
                           warmup_epochs=cfg.optim.warmup_epochs),
-        train=TrainConfig(batch_size=cfg.train.batch_size, micro_batch=cfg.train.micro_batch,
-                          epochs=cfg.train.epochs, max_steps=cfg.train.max_steps))
+        train=cfg.train)
     return derive(view, world_size=world_size, dataset_sizes={cfg.data.modality: train_items})
 
 
