@@ -22,16 +22,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def settle_config_args(parser: argparse.ArgumentParser, args: argparse.Namespace, example: str) -> None:
+    """`CONFIG [overrides]` or overrides alone (defaults + overrides): a first argument holding `=`
+    that is not a YAML file is an override. Neither is an argparse error naming `example`."""
+    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.config)
+        args.config = None
+    if args.config is None and not args.overrides:
+        parser.error(f"a config file is required (try {example})")
+
+
 def train_main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.help_config:
         print("\n".join(describe()))
         return 0
-    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
-        args.overrides.insert(0, args.config)  # no file: defaults + overrides only
-        args.config = None
-    if args.config is None and not args.overrides:
-        _parser().error("a config file is required (try configs/demo.yaml)")
+    settle_config_args(parser, args, "configs/demo.yaml")
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from omnimae.cli import settle_config_args
 from omnimae.config import ConfigError, describe
 
 
@@ -37,15 +38,12 @@ def _parser() -> argparse.ArgumentParser:
 def finetune_main(argv: list[str] | None = None) -> int:
     from omnimae.finetune.config import FinetuneConfig, load_finetune_config, to_dict
 
-    args = _parser().parse_intermixed_args(argv)
+    parser = _parser()
+    args = parser.parse_intermixed_args(argv)
     if args.help_config:
         print("\n".join(describe(FinetuneConfig())))
         return 0
-    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
-        args.overrides.insert(0, args.config)  # no file: defaults + overrides only
-        args.config = None
-    if args.config is None and not args.overrides:
-        _parser().error("a config file is required (try configs/ft_demo.yaml)")
+    settle_config_args(parser, args, "configs/ft_demo.yaml")
     try:
         cfg = load_finetune_config(args.config, args.overrides)
         if args.print_config:
