@@ -160,6 +160,8 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
     loss_counts = {m: 0 for m in loss_sums}
     window = {"samples": 0, "flops": 0.0, "items_decoded": 0, "t0": time.perf_counter(), "steps": 0}
     grad_norm = torch.zeros((), device=device)
+    # Per modality, fixed for the run (exact-count masks): computed once, not on every step.
+    flops_per_sample = {m: model.flops_per_sample(m, getattr(cfg.data, m).mask_ratio) for m in dataset_sizes}
     last_batches: dict = {}  # modality -> the latest batch, for pictures
     stopped_by = "finished"
     run_t0 = time.perf_counter()
@@ -194,8 +196,7 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
                 loss_sums[batch.modality] += torch.where(finite, loss.detach(), 0.0).float()
                 loss_counts[batch.modality] += 1
                 window["samples"] += len(batch)
-                window["flops"] += len(batch) * unwrap(model).flops_per_sample(
-                    batch.modality, 1 - batch.num_visible / batch.mask.shape[1])
+                window["flops"] += len(batch) * flops_per_sample[batch.modality]
                 window["items_decoded"] += int(batch.stats.get("items", 0))
                 for k, v in batch.stats.items():
                     if k in ("read_wait", "decode", "assembly"):
