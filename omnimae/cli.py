@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from omnimae.config import ConfigError, describe, load_config
@@ -32,6 +33,12 @@ def settle_config_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"a config file is required (try {example})")
 
 
+def setup_logging() -> None:
+    """Warnings from everything; our loaders' one-line choices too (which decoder, and why)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("loaders").setLevel(logging.INFO)
+
+
 def train_main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -50,6 +57,7 @@ def train_main(argv: list[str] | None = None) -> int:
             return 0
         from omnimae.train import main
 
+        setup_logging()
         return main(cfg)
     except ConfigError as e:
         print(f"omnimae-train: config: {e}", file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnimae.cli import settle_config_args
+from omnimae.cli import settle_config_args, setup_logging
 from omnimae.config import ConfigError, describe
 
 
@@ -53,6 +53,7 @@ def finetune_main(argv: list[str] | None = None) -> int:
             return 0
         from omnimae.finetune.train import main
 
+        setup_logging()
         return main(cfg, mode="eval" if args.eval_only else "probe" if args.probe else "train")
     except ConfigError as e:
         print(f"omnimae-finetune: config: {e}", file=sys.stderr)
