@@ -23,6 +23,8 @@ OUT=${OUT:-benchmarks/out/gpu_check}
 WORK=${GPU_CHECK_WORK:-$OUT/work}
 mkdir -p "$OUT" "$WORK"
 dry=${GPU_CHECK_DRYRUN:-0}
+sections=${GPU_CHECK_SECTIONS:-123}  # which sections to run, e.g. 3 for the end-to-end runs alone
+backend=${GPU_CHECK_E2E_BACKEND:-auto}  # data.decode_backend of the end-to-end runs
 
 has_cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))")
 gpu=$($PY -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_') if torch.cuda.is_available() else 'cpu')")
@@ -32,11 +34,12 @@ started=$(date +%s)
 if [ "$has_cuda" = 1 ] && [ "$dry" != 1 ]; then
   # ViT-B at the batch sizes of one GPU of the paper's runs (per-GPU batch 2048 / 8 nodes / 8 GPUs
   # would be 32; we use larger batches so the step time is measured where MFU means something).
+  threads=$(( $(nproc) > 16 ? 16 : $(nproc) ))
   device=cuda model=base step_batch=256 e2e_batch=128 e2e_steps=30 videos=256 decode_videos=24
   step_args=(--compile on --precision bf16 --steps 15 --warmup 4)
-  t_step=170 t_decode=110 t_e2e=100
+  t_step=170 t_decode=110 t_e2e=${GPU_CHECK_E2E_LIMIT:-100}
 elif [ "$dry" = 1 ]; then
-  device=cpu model=debug step_batch=2 e2e_batch=8 e2e_steps=4 videos=16 decode_videos=4
+  threads=2 device=cpu model=debug step_batch=2 e2e_batch=8 e2e_steps=4 videos=16 decode_videos=4
   step_args=(--compile off --precision fp32 --steps 2 --warmup 1 --rounds 1 --img-size 64 --frames 4)
   t_step=120 t_decode=120 t_e2e=150
 else
@@ -61,7 +64,7 @@ section() { printf '\n## %s\n\n' "$1" >> "$report"; echo "== $1 ($(( $(date +%s)
 run_part() {
   local limit=$1 log=$2; shift 2
   echo '```' >> "$report"
-  timeout "$limit" "$@" > "$log" 2>&1
+  timeout -k 10 "$limit" "$@" > "$log" 2>&1
   local rc=$?
   grep -v -e '^W[0-9]' -e 'Warning' -e '^  warnings.warn' "$log" | tail -n 45 >> "$report"
   echo '```' >> "$report"
@@ -69,15 +72,20 @@ run_part() {
   return 0
 }
 
+if [[ $sections == *1* ]]; then
 section "1. ViT-B step time, compiled, bf16, synthetic input"
 run_part "$t_step" "$OUT/step_time.log" $PY benchmarks/step_time.py --model "$model" --device "$device" \
   --batch "$step_batch" "${step_args[@]}" --out "$OUT/step_time.json"
+fi
 
+if [[ $sections == *2* ]]; then
 section "2. Decode: DALI mixed vs CPU, and GPU batch assembly"
 run_part "$t_decode" "$OUT/decode.log" $PY benchmarks/gpu_decode_check.py --num-videos "$decode_videos" \
   --batch-size 64
+fi
 
-section "3. End to end: data-wait share of the step, replication 1 and 4 ($model, generated H.264 videos)"
+if [[ $sections == *3* ]]; then
+section "3. End to end: data-wait share of the step, replication 1 and 4 ($model, generated H.264 videos, decode backend $backend)"
 data=$WORK/ssv2_synth
 if [ ! -f "$data/manifest_train.jsonl" ]; then
   $PY -m loaders.cli synth video "$data" --codec h264 --train "$videos" --val 0 --workers 8 --no-progress \
@@ -87,10 +95,11 @@ fi
 extra=()
 [ "$dry" = 1 ] && extra=(model.name=debug model.img_size=64 model.num_frames=4 parallel.compile=false)
 for rep in 1 4; do
-  timeout "$t_e2e" $PY -m omnimae.cli configs/ssv2_rep4.yaml data.video.root="$data" \
+  # -k: a run that ignores SIGTERM (it checkpoints first) is killed 20 s later.
+  timeout -k 20 "$t_e2e" $PY -m omnimae.cli configs/ssv2_rep4.yaml data.video.root="$data" \
     data.video.replication=$rep train.batch_size="$e2e_batch" train.max_steps="$e2e_steps" train.log_every=5 \
     train.ckpt_every=0 train.resume=never train.out_dir="$WORK/runs" train.run_name="rep$rep" \
-    data.decode_threads=8 "${extra[@]}" >"$OUT/e2e_rep$rep.log" 2>&1
+    data.decode_threads="$threads" data.decode_backend="$backend" "${extra[@]}" >"$OUT/e2e_rep$rep.log" 2>&1
   rc=$?
   $PY - "$WORK/runs/rep$rep" "$rep" "$rc" <<'EOF' | tee -a "$report"
 import json, sys
@@ -117,6 +126,7 @@ except Exception as e:  # a failed run is reported, not fatal
 EOF
   grep -e 'video decoder:' -e '^done:' -e 'Error' "$OUT/e2e_rep$rep.log" | sort -u | head -n 4 | sed 's/^/    /' >> "$report"
 done
+fi
 printf '\n(%s s in all)\n' "$(( $(date +%s) - started ))" >> "$report"
 if [ "$has_cuda" = 1 ] && [ "$dry" != 1 ]; then
   mkdir -p benchmarks/results && cp "$report" benchmarks/results/

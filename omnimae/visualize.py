@@ -12,6 +12,14 @@ from PIL import Image, ImageDraw
 from loaders.batch import Batch
 
 
+def eager():
+    """Runs compiled modules eagerly inside the block: a picture of 2 samples is a new batch shape,
+    and with static-shape compiles (omnimae.parallel) each new shape would compile every block graph
+    again, tens of seconds for one picture."""
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return set_stance("force_eager") if set_stance is not None else nullcontext()
+
+
 @torch.no_grad()
 def reconstruct(model, pixels: torch.Tensor, mask: torch.Tensor, num_visible: int, autocast=None):
     """Returns (masked, prediction, original) as [B, 3, T, H, W] floats in [0, 1].
@@ -23,7 +31,7 @@ def reconstruct(model, pixels: torch.Tensor, mask: torch.Tensor, num_visible: in
     """
     was_training = model.training
     model.eval()
-    with autocast or nullcontext():
+    with autocast or nullcontext(), eager():
         _, pred = model(pixels, mask, num_visible)
     model.train(was_training)
     video = pixels if pixels.ndim == 5 else model._as_video(pixels)

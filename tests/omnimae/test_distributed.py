@@ -79,3 +79,11 @@ def test_compiled_blocks_do_not_recompile_across_modalities():
     for modality in ["image", "video", "video", "image"] * 3:
         step(modality)
     assert counters["stats"]["unique_graphs"] == graphs
+    # A reconstruction picture (2 samples, eval mode) is a new shape: it runs eagerly, no new graph.
+    from omnimae.visualize import reconstruct
+
+    x, grid = torch.randn(2, 3, 4, 64, 64), (2, 4, 4)
+    masked, prediction, original = reconstruct(model, x, make_mask("random", 2, grid, 0.9),
+                                               num_visible(32, 0.9))
+    assert prediction.shape == original.shape == (2, 3, 4, 64, 64)
+    assert counters["stats"]["unique_graphs"] == graphs
