@@ -7,7 +7,7 @@ Every video decoder has the same interface:
         decoder's device, or None where the item failed; failures: [(position, reason)].
 
 and all of them return the same frames for the same indices (see pyav.py and dali.py for how).
-`make_video_decoder` picks the fastest backend that can decode the codec here.
+`make_video_decoder` picks the backend (auto: PyAV, measured fastest; see AUTO_REASON).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "dali", "pyav")
 
-__all__ = ["BACKENDS", "DecodeOutput", "choose_backend", "dali_import_error", "make_video_decoder"]
+__all__ = ["BACKENDS", "DecodeOutput", "choose_backend", "dali_import_error", "make_video_decoder",
+           "pyav_import_error"]
 
 
 @lru_cache(maxsize=1)
@@ -38,38 +39,50 @@ def dali_import_error() -> str | None:
     return None
 
 
+@lru_cache(maxsize=1)
+def pyav_import_error() -> str | None:
+    """Why PyAV cannot be used here (None if it imports)."""
+    try:
+        import av  # noqa: F401
+    except Exception as error:  # noqa: BLE001
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+# Why auto prefers PyAV, measured side by side on one H100 node (16 cores; 240p H.264 / VP9 clips,
+# 16 of 48 frames, short side 256; benchmarks/results/NVIDIA_H100_80GB_HBM3_202611.md): PyAV on 8
+# threads 248-257 clips/s, DALI cpu on 8 threads 96, DALI mixed (NVDEC) 20-54 with 1 or 4 pipelines.
+# On 2 cores PyAV and DALI cpu tie. NVDEC may win on long high-resolution videos; ask for it there.
+AUTO_REASON = ("PyAV on CPU threads measured 5-10x DALI mixed (NVDEC) and 2.6x DALI cpu on 240p clips "
+               "(benchmarks/results/); data.decode_backend=dali asks for DALI")
+
+
 def choose_backend(backend: str, codec: str | None, device: torch.device) -> tuple[str, str | None, str]:
     """(backend, DALI device or None, why) for `codec` on `device`.
 
-    auto: DALI mixed (NVDEC) on a GPU for the codecs NVDEC takes; DALI cpu for VP8/VP9/MJPEG on a
-    CPU; PyAV otherwise, or if DALI does not import. codec None / "unknown" counts as one DALI
-    mixed takes on a GPU (the probe rejects others per item) and as one only PyAV takes on a CPU.
+    auto: PyAV (see AUTO_REASON); DALI only where PyAV does not import (mixed on a GPU, cpu for
+    VP8/VP9/MJPEG). dali: mixed (NVDEC) on a GPU, DALI's CPU decoder otherwise. codec None /
+    "unknown" counts as one DALI mixed takes (the probe rejects others per item).
     """
     if backend not in BACKENDS:
         raise ValueError(f"decode backend must be one of {BACKENDS}, got {backend!r}")
     known = codec not in (None, "", "unknown")
     on_gpu = device.type == "cuda"
-    if backend == "pyav":
-        return "pyav", None, "asked for"
+    if backend == "pyav" or (backend == "auto" and pyav_import_error() is None):
+        return "pyav", None, "asked for" if backend == "pyav" else AUTO_REASON
     dali_error = dali_import_error()
-    if backend == "dali":
-        if dali_error:
-            raise RuntimeError(f"decode backend 'dali' asked for, but DALI does not import: {dali_error}")
-        if on_gpu:
-            return "dali", "mixed", "asked for; NVDEC on the GPU"
-        if known and codec not in DALI_CPU_CODECS:
-            raise ValueError(f"DALI's CPU decoder cannot decode {codec} (takes "
-                             f"{', '.join(sorted(DALI_CPU_CODECS))}); use backend 'pyav' or a GPU")
-        return "dali", "cpu", "asked for; DALI's CPU decoder"
     if dali_error:
-        return "pyav", None, f"DALI does not import ({dali_error})"
+        if backend == "auto":
+            raise RuntimeError(f"no video decoder: PyAV ({pyav_import_error()}) and DALI ({dali_error}) "
+                               "do not import")
+        raise RuntimeError(f"decode backend 'dali' asked for, but DALI does not import: {dali_error}")
+    why = "asked for" if backend == "dali" else f"PyAV does not import ({pyav_import_error()})"
     if on_gpu and (not known or codec in DALI_MIXED_CODECS):
-        return "dali", "mixed", f"NVDEC decodes {codec if known else 'the usual codecs'} on the GPU"
-    if on_gpu:
-        return "pyav", None, f"NVDEC does not take {codec}"
-    if known and codec in DALI_CPU_CODECS:
-        return "dali", "cpu", f"no GPU; DALI's CPU decoder takes {codec}"
-    return "pyav", None, f"no GPU and DALI's CPU decoder does not take {codec if known else 'an unknown codec'}"
+        return "dali", "mixed", f"{why}; NVDEC on the GPU"
+    if known and codec not in DALI_CPU_CODECS:
+        raise ValueError(f"DALI's CPU decoder cannot decode {codec} (takes "
+                         f"{', '.join(sorted(DALI_CPU_CODECS))}); use backend 'pyav' or a GPU")
+    return "dali", "cpu", f"{why}; DALI's CPU decoder"
 
 
 def make_video_decoder(backend: str = "auto", *, codec: str | None = None,
