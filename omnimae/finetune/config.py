@@ -125,6 +125,9 @@ class EvalConfig:
     """Test items per forward pass per process (each gives num_clips x num_crops views)."""
     max_items: int = 0
     """Test at most this many items (a quick check); 0 = the whole test manifest."""
+    probe_pool: str = "mean"
+    """--probe features: mean (over all tokens) or time (per temporal slot, in order: for classes that
+    need the direction of time, which a mean over all tokens cannot see)."""
 
 
 @dataclass
@@ -196,6 +199,7 @@ def validate(cfg: FinetuneConfig) -> None:
     need(0 < e.crop_ratio <= 1, "eval.crop_ratio", "must be in (0, 1]")
     need(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
     need(e.max_items >= 0, "eval.max_items", "must be >= 0")
+    need(e.probe_pool in ("mean", "time"), "eval.probe_pool", f"expected mean or time, got {e.probe_pool!r}")
     validate_run(t, cfg.parallel)
 
 

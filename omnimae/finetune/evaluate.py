@@ -4,8 +4,8 @@ Video test protocol (paper B.2, official configs): 5 clips uniformly over the vi
 crops; each clip's short side is resized to the crop size and 3 square crops are taken along the
 long side (start, centre, end); the softmax probabilities of the 15 views are averaged.
 
-Frozen-feature checks, for a pretrained encoder without fine-tuning: mean-pooled, L2-normalized
-features; a linear probe (one Linear, full batch, a few hundred steps) and a DINO-style weighted
+Frozen-feature checks, for a pretrained encoder without fine-tuning: pooled, L2-normalized
+features (a mean over all tokens, or per temporal slot for classes that need the order of time); a linear probe (one Linear, full batch, a few hundred steps) and a DINO-style weighted
 k-NN (cosine similarity, votes weighted by exp(sim / temperature)).
 """
 
@@ -124,14 +124,36 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
 
 # ---- frozen features ------------------------------------------------------------------------------
 
-@torch.no_grad()
-def extract_features(encoder: nn.Module, batches: Iterable, device: torch.device | str | None = None):
-    """Mean-pooled, L2-normalized features of every batch: (feats [M, D] float CPU, labels [M] | None).
+POOLS = ("mean", "time")
 
-    encoder: an OmniMAE (all tokens through the encoder and its final norm, then the mean) or a
-    Classifier (its pooled, normalized feature). batches: tensors [B, 3, (T,) H, W], or
-    (pixels, labels) pairs, or objects with .pixels and .labels (loaders.batch.Batch).
+
+def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int, int], pool: str = "mean") -> torch.Tensor:
+    """tokens [B, N, D] in (t, h, w) order over `grid` -> features [B, D] ("mean") or [B, T'*D] ("time").
+
+    "time" averages over space within each temporal slot and concatenates the slots in order: a
+    mean over all tokens is (nearly) the same for a clip and the clip played backwards, so a frozen
+    feature of it cannot tell "left to right" from "right to left"; the slots in order can.
     """
+    if pool == "mean":
+        return tokens.mean(dim=1)
+    if pool == "time":
+        b, n, d = tokens.shape
+        return tokens.view(b, grid[0], n // grid[0], d).mean(dim=2).flatten(1)  # [B, T' * D]
+    raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, batches: Iterable, device: torch.device | str | None = None,
+                     pool: str = "mean"):
+    """Pooled, L2-normalized features of every batch: (feats [M, F] float CPU, labels [M] | None).
+
+    encoder: an OmniMAE (all tokens through the encoder and its final norm, then `pool_tokens`:
+    F = D for "mean", T' * D for "time") or a Classifier (its pooled, normalized feature; "mean"
+    only). batches: tensors [B, 3, (T,) H, W], or (pixels, labels) pairs, or objects with .pixels
+    and .labels (loaders.batch.Batch).
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     was_training = encoder.training
     encoder.eval()
     device = device or next(encoder.parameters()).device
@@ -144,9 +166,12 @@ def extract_features(encoder: nn.Module, batches: Iterable, device: torch.device
                 grid = encoder.token_grid(pixels.shape)
                 n = grid[0] * grid[1] * grid[2]
                 keep_all = torch.zeros(pixels.shape[0], n, dtype=torch.bool, device=device)
-                f = encoder.forward_encoder(pixels, keep_all, n)[0].mean(dim=1)  # [B, D]
-            else:
+                tokens = encoder.forward_encoder(pixels, keep_all, n)[0]  # [B, N, D]
+                f = pool_tokens(tokens, grid, pool)
+            elif pool == "mean":
                 f = encoder.forward_features(pixels)  # [B, D]
+            else:
+                raise ValueError("pool='time' needs the encoder's tokens: pass the OmniMAE, not a Classifier")
             feats.append(F.normalize(f.float(), dim=-1).cpu())
             if y is not None:
                 labels.append(torch.as_tensor(y).cpu())

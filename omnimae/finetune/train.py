@@ -143,20 +143,21 @@ def evaluate(models: dict[str, torch.nn.Module], test: EvalViews, dist_info: Dis
 
 
 def frozen_features_eval(encoder: torch.nn.Module, train_views: EvalViews, test_views: EvalViews, *,
-                         autocast=None, probe_epochs: int = 300, knn_k: int = 20) -> dict:
-    """Linear probe and k-NN on frozen, mean-pooled features (one centre view per item).
+                         autocast=None, probe_epochs: int = 300, knn_k: int = 20, pool: str = "mean") -> dict:
+    """Linear probe and k-NN on frozen, pooled features (one centre view per item; `pool_tokens`).
 
     encoder: an OmniMAE (its encoder and final norm) or a Classifier (its pooled feature).
     """
     autocast = autocast or nullcontext()
     with autocast:
-        train_f, train_y = extract_features(encoder, ((b.views[0], b.labels) for b in train_views))
-        test_f, test_y = extract_features(encoder, ((b.views[0], b.labels) for b in test_views))
+        train_f, train_y = extract_features(encoder, ((b.views[0], b.labels) for b in train_views), pool=pool)
+        test_f, test_y = extract_features(encoder, ((b.views[0], b.labels) for b in test_views), pool=pool)
     probe = linear_probe(train_f, train_y, test_f, test_y, epochs=probe_epochs)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     knn = topk_accuracy(knn_classify(train_f, train_y, test_f, k=knn_k, num_classes=num_classes), test_y)
     return {"linear_top1": probe["top1"], "linear_top5": probe["top5"], "linear_train_top1": probe["train_top1"],
-            "knn_top1": knn[1], "knn_top5": knn[5], "train_items": len(train_y), "test_items": len(test_y)}
+            "knn_top1": knn[1], "knn_top5": knn[5], "train_items": len(train_y), "test_items": len(test_y),
+            "pool": pool}
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -412,7 +413,7 @@ def _probe(cfg: FinetuneConfig, dist_info: DistInfo) -> Path:
     autocast, _ = autocast_for(cfg, dist_info.device)
     views = [build_test_views(cfg, m, dist_info, num_clips=1, num_crops=1, max_items=0)
              for m in (train_manifest, test_manifest)]
-    result = frozen_features_eval(encoder, *views, autocast=autocast)
+    result = frozen_features_eval(encoder, *views, autocast=autocast, pool=cfg.eval.probe_pool)
     for v in views:
         v.close()
     result["weights"] = cfg.model.pretrained or "random init"

@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 from omnimae.checkpoint import save_model_weights, save_training_state
 from omnimae.finetune import (Classifier, Mixup, ModelEMA, build_rand_augment, clip_start_times, drop_path,
                               extract_features, knn_classify, layer_decay_param_groups, layer_id,
-                              linear_probe, multiview_logits, rand_augment, random_erasing,
+                              linear_probe, multiview_logits, pool_tokens, rand_augment, random_erasing,
                               resize_short_side, smooth_one_hot, soft_target_cross_entropy,
                               spatial_crop_offsets, spatial_crops, topk_accuracy)
 from omnimae.model import build_model
@@ -354,3 +354,20 @@ def test_extract_features_from_omnimae_and_classifier():
     clf = Classifier(tiny_model(0), 3)
     feats2, none = extract_features(clf, [b[0] for b in batches])
     assert feats2.shape == (5, 64) and none is None
+    # Per temporal slot: 4 frames / tubelet 2 = 2 slots of 64 features each.
+    timed, _ = extract_features(model, batches, pool="time")
+    assert timed.shape == (5, 128) and torch.allclose(timed.norm(dim=1), torch.ones(5))
+    with pytest.raises(ValueError, match="OmniMAE"):
+        extract_features(clf, [b[0] for b in batches], pool="time")
+
+
+def test_time_pooling_tells_a_clip_from_the_clip_reversed():
+    """A mean over all tokens cannot see the order of time; the per-slot pool keeps it."""
+    tokens = torch.randn(1, 3 * 4, 8)  # [B, T' * H' * W', D], t-major, grid (3, 2, 2)
+    reversed_in_time = tokens.view(1, 3, 4, 8).flip(1).reshape(1, 12, 8)
+    assert torch.allclose(pool_tokens(tokens, (3, 2, 2)), pool_tokens(reversed_in_time, (3, 2, 2)))
+    timed, back = pool_tokens(tokens, (3, 2, 2), "time"), pool_tokens(reversed_in_time, (3, 2, 2), "time")
+    assert timed.shape == (1, 24) and not torch.allclose(timed, back)
+    assert torch.allclose(timed.view(3, 8), tokens.view(3, 4, 8).mean(1))
+    with pytest.raises(ValueError, match="pool"):
+        pool_tokens(tokens, (3, 2, 2), "max")
