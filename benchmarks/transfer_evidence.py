@@ -109,8 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="data/transfer", help="the labelled videos (generated if missing)")
     p.add_argument("--train-videos", type=int, default=1000, help="train videos generated")
     p.add_argument("--val-videos", type=int, default=200, help="val (test) videos generated")
-    p.add_argument("overrides", nargs="*", help="key=value fine-tune overrides for both arms (after --)")
-    args = p.parse_args(argv)
+    p.add_argument("overrides", nargs="*", help="key=value fine-tune overrides for both arms")
+    args = p.parse_intermixed_args(argv)  # overrides may follow the options
 
     checkpoint = Path(args.checkpoint)
     if not (checkpoint / "state.pt").is_file():
