@@ -10,7 +10,7 @@ Files are read from the local disk (page cache): no storage latency, so decoding
 are what is left to measure.
 
 Sections:
-  loader      VideoLoader (auto backend: DALI CPU for VP9 without a GPU) at replication 1, 2, 4
+  loader      VideoLoader (auto backend: PyAV) at replication 1, 2, 4
               with the same batch size: samples/s, and per batch the stage times (read wait,
               decode, assembly). rep4/rep1 should reach >= 3x when decoding is the bottleneck;
               the run says whether it was (decode's share of the stage time at replication 1) and

@@ -7,7 +7,7 @@
         --decode-threads 8 --batch-size 64
 
 Loaders, each with the same CPU budget (`--decode-threads`; the baseline's `num_workers`):
-- ours: loaders.video.VideoLoader: AsyncReader pool, auto decode backend (DALI CPU for VP9 here),
+- ours: loaders.video.VideoLoader: AsyncReader pool, auto decode backend (PyAV; `--decode-backend dali` for DALI),
   replication, crops and masks assembled on `--device`.
 - baseline: benchmarks/baseline_loader.py: a PyTorch DataLoader whose workers read each video
   with a synchronous HTTP GET, decode it with PyAV and replicate it in the collate function.
