@@ -25,14 +25,15 @@ from omnimae.finetune.classifier import (Classifier, DropPathBlock, drop_path, l
                                          layer_id, load_encoder_weights)
 from omnimae.finetune.ema import ModelEMA
 from omnimae.finetune.evaluate import (clip_start_times, extract_features, knn_classify, linear_probe,
-                                       multiview_logits, pool_tokens, resize_short_side, spatial_crop_offsets,
-                                       spatial_crops, topk_accuracy, topk_correct)
+                                       multiview_logits, pool_tokens, resize_short_side,
+                                       spatial_crop_offsets, spatial_crops, topk_accuracy, topk_correct)
 from omnimae.finetune.mixup import Mixup, smooth_one_hot, soft_target_cross_entropy
 
 __all__ = [
     "Classifier", "DropPathBlock", "Mixup", "ModelEMA", "build_rand_augment", "clip_start_times",
     "drop_path", "extract_features", "knn_classify", "layer_decay_param_groups", "layer_id",
-    "linear_probe", "load_encoder_weights", "multiview_logits", "pool_tokens", "rand_augment", "random_erasing", "resize_short_side",
+    "linear_probe", "load_encoder_weights", "multiview_logits", "pool_tokens", "rand_augment", "random_erasing",
+    "resize_short_side",
     "smooth_one_hot", "soft_target_cross_entropy", "spatial_crop_offsets", "spatial_crops",
     "topk_accuracy", "topk_correct",
 ]

@@ -5,8 +5,8 @@ crops; each clip's short side is resized to the crop size and 3 square crops are
 long side (start, centre, end); the softmax probabilities of the 15 views are averaged.
 
 Frozen-feature checks, for a pretrained encoder without fine-tuning: pooled, L2-normalized
-features (a mean over all tokens, or per temporal slot for classes that need the order of time); a linear probe (one Linear, full batch, a few hundred steps) and a DINO-style weighted
-k-NN (cosine similarity, votes weighted by exp(sim / temperature)).
+features (a mean over all tokens, or per temporal slot for classes that need the order of time);
+a linear probe (one Linear, full batch, a few hundred steps) and a DINO-style weighted (cosine similarity, votes weighted by exp(sim / temperature)).
 """
 
 from __future__ import annotations
