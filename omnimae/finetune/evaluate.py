@@ -6,7 +6,8 @@ long side (start, centre, end); the softmax probabilities of the 15 views are av
 
 Frozen-feature checks, for a pretrained encoder without fine-tuning: pooled, L2-normalized
 features (a mean over all tokens, or per temporal slot for classes that need the order of time);
-a linear probe (one Linear, full batch, a few hundred steps) and a DINO-style weighted (cosine similarity, votes weighted by exp(sim / temperature)).
+a linear probe (one Linear, full batch, a few hundred steps) and a DINO-style weighted k-NN
+(cosine similarity, votes weighted by exp(sim / temperature)).
 """
 
 from __future__ import annotations
