@@ -111,6 +111,9 @@ class FtOptimConfig:
     """Weight EMA decay per step (paper: EMA 1e-4, i.e. 0.9999); 0 = no EMA."""
 
 
+PROBE_POOLS = ("mean", "time")  # omnimae.finetune.evaluate.pool_tokens
+
+
 @dataclass
 class EvalConfig:
     every: int = 0
@@ -199,7 +202,8 @@ def validate(cfg: FinetuneConfig) -> None:
     need(0 < e.crop_ratio <= 1, "eval.crop_ratio", "must be in (0, 1]")
     need(e.batch_size >= 1, "eval.batch_size", "must be >= 1")
     need(e.max_items >= 0, "eval.max_items", "must be >= 0")
-    need(e.probe_pool in ("mean", "time"), "eval.probe_pool", f"expected mean or time, got {e.probe_pool!r}")
+    need(e.probe_pool in PROBE_POOLS, "eval.probe_pool",
+         f"expected one of {', '.join(PROBE_POOLS)}, got {e.probe_pool!r}")
     validate_run(t, cfg.parallel)
 
 

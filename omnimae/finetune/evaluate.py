@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from omnimae.finetune.config import PROBE_POOLS as POOLS
 from omnimae.model import OmniMAE
 
 
@@ -124,9 +125,6 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
 
 
 # ---- frozen features ------------------------------------------------------------------------------
-
-POOLS = ("mean", "time")
-
 
 def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int, int], pool: str = "mean") -> torch.Tensor:
     """tokens [B, N, D] in (t, h, w) order over `grid` -> features [B, D] ("mean") or [B, T'*D] ("time").
