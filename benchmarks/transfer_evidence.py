@@ -13,7 +13,7 @@ accuracies rest on 200 test videos, not the demo's 40), for each initialization:
 Prints a markdown table and writes JSON (with the pretraining loss of the checkpoint used).
 
     python benchmarks/transfer_evidence.py runs/demo/step_00000256           # ~10 min on 2 CPU cores
-    python benchmarks/transfer_evidence.py CKPT --seeds 0 1 2 --out benchmarks/out/transfer.json
+    python benchmarks/transfer_evidence.py CKPT --seeds 0,1,2 --out benchmarks/out/transfer.json
 
 The fine-tune config, the architecture read from the checkpoint (model name, img_size, num_frames)
 and any `key=value` overrides after `--` apply to both arms alike.
@@ -36,6 +36,14 @@ from omnimae.finetune.config import load_finetune_config  # noqa: E402
 from omnimae.finetune.train import finetune  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _seed_list(text: str) -> list[int]:
+    """`--seeds 0,1,2`: one argument, so `key=value` overrides may follow it."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def pretraining_info(checkpoint: Path) -> dict:
@@ -99,17 +107,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="a pretraining run's step_XXXXXXXX folder (e.g. runs/demo/step_00000256)")
     p.add_argument("--config", default=str(REPO / "configs/ft_demo.yaml"), help="fine-tuning config for both arms")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tune / probe seeds (mean ± std)")
+    p.add_argument("--seeds", type=_seed_list, default=[0],
+                   help="comma-separated fine-tune / probe seeds, e.g. 0,1,2 (mean ± std)")
     p.add_argument("--out-dir", default="runs/transfer_evidence", help="run folders of the fine-tunes")
     p.add_argument("--out", default="benchmarks/out/transfer_evidence.json", help="JSON result")
     p.add_argument("--data", default="data/transfer", help="the labelled videos (generated if missing)")
     p.add_argument("--train-videos", type=int, default=1000, help="train videos generated")
     p.add_argument("--val-videos", type=int, default=200, help="val (test) videos generated")
     p.add_argument("overrides", nargs="*", help="key=value fine-tune overrides for both arms")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_intermixed_args(argv)  # overrides may follow the options
 
     checkpoint = Path(args.checkpoint)
