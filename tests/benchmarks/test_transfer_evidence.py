@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -30,3 +31,34 @@ def test_a_folder_without_state_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main([str(tmp_path)])
     assert "not a checkpoint folder" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_probe_only_compares_a_checkpoint_with_random_init(tmp_path, capsys):
+    import torch
+
+    from omnimae.checkpoint import save_training_state
+    from omnimae.model import build_model
+    from omnimae.parallel import DistInfo
+
+    torch.manual_seed(0)
+    model = build_model("debug", img_size=64, num_frames=4)
+    config = {"model": {"name": "debug", "img_size": 64, "num_frames": 4, "norm_pix_loss": True},
+              "data": {"image": {"mask_ratio": 0.9}, "video": {"mask_ratio": 0.95}}}
+    optimizer = torch.optim.AdamW(model.parameters())
+    folder = save_training_state(tmp_path / "pretrain", step=7, model=model, optimizer=optimizer, loader=None,
+                                 config=config, dist_info=DistInfo(), keep_last=1)
+    out = tmp_path / "transfer.json"
+    assert bench.main([str(folder), "--probe-only", "--seeds", "0,1", "--data", str(tmp_path / "data"),
+                       "--train-videos", "20", "--val-videos", "10", "--out", str(out),
+                       "--out-dir", str(tmp_path / "runs"), "data.short_side=64", "data.decode_threads=1",
+                       "data.decode_backend=pyav", "train.device=cpu", "eval.batch_size=5"]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [(r["init"], r["seed"]) for r in rows] == [("pretrained", 0), ("random init", 0),
+                                                       ("pretrained", 1), ("random init", 1)]
+    assert all(r["test_items"] == 10 and 0 <= r["linear_top1"] <= 1 and "ft_top1" not in r for r in rows)
+    assert result["pretraining"]["step"] == 7 and "eval.probe_pool=time" in result["overrides"]
+    # Two seeds per arm: the table reports mean ± std; no fine-tune columns without a fine-tune.
+    assert "| pretrained | " in result["table"] and " ± " in result["table"]
+    assert "fine-tune" not in result["table"]
