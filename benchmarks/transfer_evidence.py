@@ -42,9 +42,12 @@ REPO = Path(__file__).resolve().parents[1]
 def _seed_list(text: str) -> list[int]:
     """`--seeds 0,1,2`: one argument, so `key=value` overrides may follow it."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return seeds
 
 
 def pretraining_info(checkpoint: Path) -> dict:

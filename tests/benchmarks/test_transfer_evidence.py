@@ -21,10 +21,11 @@ def test_overrides_may_follow_the_seeds():
     assert args.overrides == ["train.epochs=5", "optim.lr=3e-4"]
 
 
-def test_a_bad_seed_list_is_a_one_line_error(capsys):
+@pytest.mark.parametrize("seeds", ["0,x", ","])
+def test_a_bad_seed_list_is_a_one_line_error(seeds, capsys):
     with pytest.raises(SystemExit):
-        bench.build_parser().parse_intermixed_args(["ckpt", "--seeds", "0,x"])
-    assert "expected comma-separated integers, got '0,x'" in capsys.readouterr().err
+        bench.build_parser().parse_intermixed_args(["ckpt", "--seeds", seeds])
+    assert f"expected comma-separated integers, got '{seeds}'" in capsys.readouterr().err
 
 
 def test_a_folder_without_state_is_refused(tmp_path, capsys):
