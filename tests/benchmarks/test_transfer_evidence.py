@@ -1,4 +1,5 @@
-"""benchmarks/transfer_evidence.py: its command line (the runs themselves take minutes)."""
+"""benchmarks/transfer_evidence.py: its command line, and a probe-only run on a tiny generated set
+(the full fine-tunes take minutes and are left to the benchmark itself)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import transfer_evidence as bench  # noqa: E402
+from omnimae.checkpoint import save_training_state  # noqa: E402
+from omnimae.model import build_model  # noqa: E402
+from omnimae.parallel import DistInfo  # noqa: E402
 
 
 def test_overrides_may_follow_the_seeds():
@@ -35,13 +40,7 @@ def test_a_folder_without_state_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.timeout(300)
-def test_probe_only_compares_a_checkpoint_with_random_init(tmp_path, capsys):
-    import torch
-
-    from omnimae.checkpoint import save_training_state
-    from omnimae.model import build_model
-    from omnimae.parallel import DistInfo
-
+def test_probe_only_compares_a_checkpoint_with_random_init(tmp_path):
     torch.manual_seed(0)
     model = build_model("debug", img_size=64, num_frames=4)
     config = {"model": {"name": "debug", "img_size": 64, "num_frames": 4, "norm_pix_loss": True},
