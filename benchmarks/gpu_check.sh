@@ -10,6 +10,9 @@
 #    (rows skipped with a reason where DALI or CUDA is missing).
 # 3. End to end: the trainer on generated SSv2-like H.264 videos (a codec NVDEC surely takes),
 #    replication 1 and 4, and the share of the step it waited for data.
+# 4. (only when asked: GPU_CHECK_SECTIONS=4, ~7 min) Transfer: the demo pretraining (configs/demo.yaml),
+#    then benchmarks/transfer_evidence.py with a fine-tune budget the CPU takes most of an hour for
+#    (GPU_CHECK_FT_EPOCHS, default 40), fine-tune seeds 0 then 1, each pair under its own limit.
 # Each section runs under its own timeout and a failed section is reported, not fatal, so one
 # broken part does not cost the others. The report and the logs are written under $OUT as they are
 # made (on the device machine only $OUT comes back, at most 8 files: keep GPU_CHECK_WORK outside it).
@@ -23,12 +26,13 @@ OUT=${OUT:-benchmarks/out/gpu_check}
 WORK=${GPU_CHECK_WORK:-$OUT/work}
 mkdir -p "$OUT" "$WORK"
 dry=${GPU_CHECK_DRYRUN:-0}
-sections=${GPU_CHECK_SECTIONS:-123}  # which sections to run, e.g. 3 for the end-to-end runs alone
+sections=${GPU_CHECK_SECTIONS:-123}  # which sections to run, e.g. 3 for the end-to-end runs alone, 4 for transfer
 backend=${GPU_CHECK_E2E_BACKEND:-auto}  # data.decode_backend of the end-to-end runs
 
 has_cuda=$($PY -c "import torch; print(int(torch.cuda.is_available()))")
 gpu=$($PY -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_') if torch.cuda.is_available() else 'cpu')")
-report="$OUT/${gpu}_$(date +%Y%m).md"
+# Another section choice than the default gets its own report name (section 4 alone: ..._s4.md).
+report="$OUT/${gpu}_$(date +%Y%m)$([ "$sections" = 123 ] || echo "_s$sections").md"
 started=$(date +%s)
 
 if [ "$has_cuda" = 1 ] && [ "$dry" != 1 ]; then
@@ -38,10 +42,15 @@ if [ "$has_cuda" = 1 ] && [ "$dry" != 1 ]; then
   device=cuda model=base step_batch=256 e2e_batch=128 e2e_steps=30 videos=256 decode_videos=24
   step_args=(--compile on --precision bf16 --steps 15 --warmup 4)
   t_step=170 t_decode=110 t_e2e=${GPU_CHECK_E2E_LIMIT:-100}
+  # Section 4: the demo as it is; fine-tunes on the 1,000 / 200 generated motion videos.
+  ft_epochs=${GPU_CHECK_FT_EPOCHS:-40} pre_extra=() ft_data=(--train-videos 1000 --val-videos 200)
+  t_pre=150 t_ft=(${GPU_CHECK_FT_LIMITS:-250 190})
 elif [ "$dry" = 1 ]; then
   threads=2 device=cpu model=debug step_batch=2 e2e_batch=8 e2e_steps=4 videos=16 decode_videos=4
   step_args=(--compile off --precision fp32 --steps 2 --warmup 1 --rounds 1 --img-size 64 --frames 4)
   t_step=120 t_decode=120 t_e2e=150
+  ft_epochs=1 pre_extra=(model.name=debug model.img_size=64 model.num_frames=4 train.max_steps=4)
+  ft_data=(--train-videos 20 --val-videos 10) t_pre=150 t_ft=(150 150)
 else
   echo "no CUDA device: GPU parts skipped (GPU_CHECK_DRYRUN=1 runs every section on the CPU with a tiny model)"
   exit 0
@@ -126,6 +135,32 @@ except Exception as e:  # a failed run is reported, not fatal
 EOF
   grep -e 'video decoder:' -e '^done:' -e 'Error' "$OUT/e2e_rep$rep.log" | sort -u | head -n 4 | sed 's/^/    /' >> "$report"
 done
+fi
+if [[ $sections == *4* ]]; then
+section "4. Transfer: the demo's pretrained encoder vs random init, fine-tuned $ft_epochs epochs"
+# The demo pretraining as on the CPU (its data is generated on first use), on this device.
+timeout -k 20 "$t_pre" $PY -m omnimae.cli configs/demo.yaml train.out_dir="$WORK/runs" train.run_name=demo \
+  train.resume=never data.image.root="$WORK/demo/images" data.video.root="$WORK/demo/videos" \
+  data.decode_threads="$threads" "${pre_extra[@]}" >"$OUT/transfer_pretrain.log" 2>&1 \
+  || echo "**pretraining: exit status $?** (log: transfer_pretrain.log)" >> "$report"
+ckpt=$(ls -d "$WORK"/runs/demo/step_* 2>/dev/null | tail -n 1)
+grep -e '^done:' "$OUT/transfer_pretrain.log" | head -n 2 >> "$report"
+if [ -n "$ckpt" ]; then
+  # Both arms of one seed run back to back under one limit: a pair is complete or reported as cut.
+  for i in 0 1; do
+    timeout -k 20 "${t_ft[$i]}" $PY benchmarks/transfer_evidence.py "$ckpt" --seeds "$i" --data "$WORK/transfer" \
+      "${ft_data[@]}" --workers "$threads" --out-dir "$WORK/runs/transfer" --out "$OUT/transfer_seed$i.json" \
+      train.epochs="$ft_epochs" optim.lr=3e-4 model.drop_path=0 augment.random_erasing=0 \
+      'data.crop_scale=[0.5,1.0]' data.decode_threads="$threads" >"$OUT/transfer_seed$i.log" 2>&1
+    rc=$?
+    # The table and each arm's numbers (one JSON line per arm); progress bars stay in the log.
+    { echo "fine-tune seed $i:"; echo '```'; grep -e '^{"init"' -e '^|' -e '^pretrained:' "$OUT/transfer_seed$i.log"
+      echo '```'; } >> "$report"
+    [ $rc = 0 ] || echo "**seed $i: exit status $rc$([ $rc = 124 ] && echo ": stopped at the ${t_ft[$i]} s limit")**" >> "$report"
+  done
+else
+  echo "no pretrained checkpoint: fine-tunes skipped" >> "$report"
+fi
 fi
 printf '\n(%s s in all)\n' "$(( $(date +%s) - started ))" >> "$report"
 if [ "$has_cuda" = 1 ] && [ "$dry" != 1 ]; then

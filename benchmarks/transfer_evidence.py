@@ -50,6 +50,13 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl file ([] when it is missing)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def pretraining_info(checkpoint: Path) -> dict:
     """The checkpoint's model config, step and the pretraining losses logged at (or before) that step."""
     state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
@@ -58,13 +65,11 @@ def pretraining_info(checkpoint: Path) -> dict:
             "img_size": model["img_size"], "num_frames": model["num_frames"],
             "norm_pix_loss": model.get("norm_pix_loss"),
             "mask_ratio": {k: state["config"]["data"][k]["mask_ratio"] for k in ("image", "video")}}
-    metrics = checkpoint.parent / "metrics.jsonl"
-    if metrics.is_file():
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        for key in ("loss/video", "loss/image"):
-            logged = [r for r in rows if key in r and r["step"] <= info["step"]]
-            if logged:
-                info[key] = {"first": logged[0][key], "last": logged[-1][key], "at_step": logged[-1]["step"]}
+    rows = _metrics(checkpoint.parent / "metrics.jsonl")
+    for key in ("loss/video", "loss/image"):
+        logged = [r for r in rows if key in r and r["step"] <= info["step"]]
+        if logged:
+            info[key] = {"first": logged[0][key], "last": logged[-1][key], "at_step": logged[-1]["step"]}
     return info
 
 
@@ -91,24 +96,28 @@ def run_arm(config: str, overrides: list[str], *, weights: str, tag: str, out_di
                 "test_items": final["items"], "views": final["views"], "run": str(run)})
     if "test_ema" in final:
         row["ft_ema_top1"] = final["test_ema"]["top1"]
+    losses = [r["loss"] for r in _metrics(run / "metrics.jsonl") if "loss" in r]
+    if losses:  # has the fine-tune learned at all? ln(10) = 2.30 is chance for 10 classes
+        row["ft_train_loss_last"] = losses[-1]
     return row
 
 
 def table(rows: list[dict]) -> str:
-    cols = [("linear_top1", "linear probe top-1"), ("knn_top1", "k-NN top-1"),
-            ("ft_top1", "fine-tune top-1 (5x3 views)"), ("ft_ema_top1", "fine-tune EMA top-1"),
-            ("ft_top5", "fine-tune top-5")]
-    cols = [(k, name) for k, name in cols if any(k in r for r in rows)]
-    lines = ["| init | " + " | ".join(name for _, name in cols) + " |",
+    """Mean (± std over seeds) per initialization: accuracies in %, the fine-tune's last train loss."""
+    cols = [("linear_top1", "linear probe top-1", 100, 1), ("knn_top1", "k-NN top-1", 100, 1),
+            ("ft_top1", "fine-tune top-1 (5x3 views)", 100, 1), ("ft_ema_top1", "fine-tune EMA top-1", 100, 1),
+            ("ft_top5", "fine-tune top-5", 100, 1), ("ft_train_loss_last", "fine-tune train loss", 1, 2)]
+    cols = [c for c in cols if any(c[0] in r for r in rows)]
+    lines = ["| init | " + " | ".join(c[1] for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for tag in dict.fromkeys(r["init"] for r in rows):
         mine = [r for r in rows if r["init"] == tag]
         cells = []
-        for key, _ in cols:
-            values = [100 * r[key] for r in mine if key in r]
-            cell = f"{statistics.mean(values):.1f}"
+        for key, _, scale, digits in cols:
+            values = [scale * r[key] for r in mine if key in r]
+            cell = f"{statistics.mean(values):.{digits}f}"
             if len(values) > 1:
-                cell += f" ± {statistics.stdev(values):.1f}"
+                cell += f" ± {statistics.stdev(values):.{digits}f}"
             cells.append(cell)
         lines.append(f"| {tag} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -125,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/transfer", help="the labelled videos (generated if missing)")
     p.add_argument("--train-videos", type=int, default=1000, help="train videos generated")
     p.add_argument("--val-videos", type=int, default=200, help="val (test) videos generated")
+    p.add_argument("--workers", type=int, default=2, help="processes generating the videos (if missing)")
     p.add_argument("--probe-only", action="store_true",
                    help="frozen-feature probes only, no fine-tune (~1 min instead of ~12)")
     p.add_argument("overrides", nargs="*", help="key=value fine-tune overrides for both arms")
@@ -145,7 +155,7 @@ def main(argv=None) -> int:
 
     # Seed 1: other videos than the demo's (seed 0) that pretrained the encoder; same classes.
     made = make_demo_data(video_root=args.data, num_train_videos=args.train_videos,
-                          num_val_videos=args.val_videos, seed=1, workers=2)
+                          num_val_videos=args.val_videos, seed=1, workers=args.workers)
     print(f"data: {args.data} ({made.counts['video_train']} train / {made.counts['video_val']} val videos"
           f"{', reused' if made.reused else ''})")
     overrides = arch + [f"data.root={args.data}", "eval.probe_pool=time"] + args.overrides

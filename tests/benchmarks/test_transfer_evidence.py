@@ -33,6 +33,16 @@ def test_a_bad_seed_list_is_a_one_line_error(seeds, capsys):
     assert f"expected comma-separated integers, got '{seeds}'" in capsys.readouterr().err
 
 
+def test_table_gives_accuracies_in_percent_and_the_loss_as_logged():
+    rows = [{"init": "pretrained", "linear_top1": 0.25, "ft_top1": 0.5, "ft_train_loss_last": 1.25},
+            {"init": "pretrained", "linear_top1": 0.35, "ft_top1": 0.7, "ft_train_loss_last": 1.75},
+            {"init": "random init", "linear_top1": 0.2, "ft_top1": 0.1, "ft_train_loss_last": 2.3}]
+    lines = bench.table(rows).splitlines()
+    assert lines[0] == "| init | linear probe top-1 | fine-tune top-1 (5x3 views) | fine-tune train loss |"
+    assert lines[2] == "| pretrained | 30.0 ± 7.1 | 60.0 ± 14.1 | 1.50 ± 0.35 |"
+    assert lines[3] == "| random init | 20.0 | 10.0 | 2.30 |"
+
+
 def test_a_folder_without_state_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main([str(tmp_path)])
