@@ -118,6 +118,8 @@ class _ItemLoader:
 
     decode_ahead: batches read and decoded ahead on the loader's own thread while the caller
     assembles (0: read, decode and assemble in the caller's thread, one after the other).
+    interpolation: of the random resized crop, "bilinear" or "bicubic"; None = the paper's
+    pretraining choice for the modality (videos bilinear, images bicubic; it fine-tunes both bicubic).
     """
 
     modality = ""
@@ -126,13 +128,15 @@ class _ItemLoader:
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, seed: int = 0,
                  patch_size: tuple[int, int, int] = (2, 16, 16), crop_size: int = 224,
                  crop_scale: tuple[float, float] = (0.08, 1.0), flip_p: float = 0.0,
-                 mask_ratio: float = 0.9, mask_type: str = "random", max_in_flight: int = 64,
+                 interpolation: str | None = None, mask_ratio: float = 0.9, mask_type: str = "random", max_in_flight: int = 64,
                  storage_options: dict | None = None, decode_threads: int = 2, reader: AsyncReader | None = None,
                  decode_ahead: int = 1):
         if batch_size % replication:
             raise ValueError(f"batch_size {batch_size} is not divisible by replication {replication}")
         if len(manifest) == 0:
             raise ValueError("the manifest lists no samples")
+        if interpolation not in (None, "bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
         self.manifest = manifest
         self.batch_size = batch_size
         self.replication = replication
@@ -144,6 +148,7 @@ class _ItemLoader:
         self.crop_size = crop_size
         self.crop_scale = tuple(crop_scale)
         self.flip_p = flip_p
+        self.interpolation = interpolation
         self.mask_ratio = mask_ratio
         self.mask_type = mask_type
         self.decode_threads = decode_threads
@@ -246,6 +251,7 @@ class _ItemLoader:
         with record_function("assembly"):
             batch = assemble_batch(decoded.clips, replication=self.replication, kind=self.modality,
                                    out_size=self.crop_size, scale=self.crop_scale, flip_p=self.flip_p,
+                                   interpolation=self.interpolation,
                                    mask_ratio=self.mask_ratio, mask_type=self.mask_type,
                                    patch_size=self.patch_size, labels=decoded.labels,
                                    generator=decoded.generator, device=self.device)

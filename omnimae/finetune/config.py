@@ -51,6 +51,8 @@ class FtDataConfig:
     """RandomResizedCrop area range."""
     flip_p: float = 0.0
     """Horizontal flip probability (0 for SSv2: its labels name left and right)."""
+    interpolation: str = "bicubic"
+    """RandomResizedCrop interpolation, bilinear or bicubic (the paper fine-tunes with bicubic)."""
     window_s: float = 2.7
     """Clip window in seconds (SSv2 2.7, K400 2.0)."""
     short_side: int = 256
@@ -177,6 +179,7 @@ def validate(cfg: FinetuneConfig) -> None:
     lo, hi = d.crop_scale
     need(0 < lo <= hi <= 1, "data.crop_scale", "must satisfy 0 < low <= high <= 1")
     need(0 <= d.flip_p <= 1, "data.flip_p", "must be in [0, 1]")
+    need(d.interpolation in ("bilinear", "bicubic"), "data.interpolation", "expected bilinear or bicubic")
     need(d.window_s > 0, "data.window_s", "must be > 0")
     need(d.short_side >= m.img_size, "data.short_side", f"must be >= model.img_size ({m.img_size})")
     need(d.decode_backend in ("auto", "dali", "pyav"), "data.decode_backend", "expected auto, dali or pyav")

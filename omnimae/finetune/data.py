@@ -41,7 +41,8 @@ def build_train_loader(cfg, manifest: Manifest, *, micro_batch: int, accumulatio
     kwargs = dict(batch_size=micro_batch, replication=d.replication, device=dist_info.device,
                   rank=dist_info.rank, world_size=dist_info.world_size, seed=cfg.train.seed,
                   patch_size=SIZES[cfg.model.name].get("patch", (2, 16, 16)), crop_size=cfg.model.img_size,
-                  crop_scale=d.crop_scale, flip_p=d.flip_p, mask_ratio=0.0, max_in_flight=d.max_in_flight,
+                  crop_scale=d.crop_scale, flip_p=d.flip_p, interpolation=d.interpolation,
+                  mask_ratio=0.0, max_in_flight=d.max_in_flight,
                   storage_options=d.storage_options, decode_threads=d.decode_threads)
     if d.modality == "video":
         loader = VideoLoader(manifest, num_frames=cfg.model.num_frames, window_s=d.window_s,

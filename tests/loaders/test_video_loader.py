@@ -58,6 +58,23 @@ def test_each_video_is_decoded_once_per_replication_group(videos, replication):
 
 
 @pytest.mark.timeout(60)
+def test_interpolation_reaches_the_crop(videos):
+    # Same seed, same clips and boxes: only the resampling kernel differs (fine-tuning uses bicubic).
+    batches = {}
+    for mode in ("bilinear", "bicubic"):
+        loader = video_loader(videos, batch_size=4, crop_scale=(0.08, 0.2), interpolation=mode, decode_ahead=0)
+        try:
+            batches[mode] = loader.next_batch()
+        finally:
+            loader.close()
+    assert torch.equal(batches["bilinear"].source, batches["bicubic"].source)
+    assert torch.equal(batches["bilinear"].labels, batches["bicubic"].labels)
+    assert not torch.allclose(batches["bilinear"].pixels, batches["bicubic"].pixels)
+    with pytest.raises(ValueError, match="interpolation must be 'bilinear' or 'bicubic', got 'nearest'"):
+        video_loader(videos, batch_size=4, interpolation="nearest")
+
+
+@pytest.mark.timeout(60)
 def test_replicas_share_the_clip_but_not_the_crop_or_mask(videos):
     loader = video_loader(videos, batch_size=8, replication=4, crop_scale=(0.08, 1.0))
     try:

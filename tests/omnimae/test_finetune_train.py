@@ -47,6 +47,8 @@ def ft_overrides(data_root: Path, run_dir: Path, **extra) -> list[str]:
 def test_shipped_configs_load(name):
     cfg = load_finetune_config(REPO / "configs" / f"{name}.yaml")
     assert cfg.train.run_name == name
+    # Tables 4-5: RandomResizedCrop bicubic; the demo keeps the bilinear its README evidence used.
+    assert cfg.data.interpolation == ("bilinear" if name == "ft_demo" else "bicubic")
     if name == "ft_k400_vitb":
         assert cfg.data.replication == 2 and cfg.data.window_s == 2.0 and cfg.data.flip_p == 0.5
     if name == "ft_in1k_vitb":
@@ -62,6 +64,7 @@ def test_shipped_configs_load(name):
     ("data.replication=3", "data.replication: must divide train.batch_size"),
     ("parallel.strategy=fsdp", "optim.ema_decay: the weight EMA"),
     ("data.modality=audio", "data.modality: expected image or video"),
+    ("data.interpolation=nearest", "data.interpolation: expected bilinear or bicubic"),
 ])
 def test_bad_values_name_their_key(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
