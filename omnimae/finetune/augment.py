@@ -22,18 +22,49 @@ from omnimae.model import IMAGENET_MEAN, IMAGENET_STD
 
 
 def build_rand_augment(num_ops: int = 2, magnitude: int = 9, max_magnitude: int = 10,
-                       interpolation: str = "bilinear") -> v2.RandAugment:
+                       interpolation: str = "bilinear", magnitude_std: float = 0.0):
     """RandAugment with the paper's magnitude on a 0..max_magnitude scale (timm / pytorchvideo).
 
     Paper: images m9 (timm's rand-m9-mstd0.5: 2 ops), SSv2 m7 with 4 ops, K400 m9 with 2 ops.
     torchvision picks magnitude bin `magnitude` of `max_magnitude + 1` equal steps up to each op's
-    maximum. (timm's magnitude noise, mstd 0.5, has no torchvision counterpart.)
+    maximum. magnitude_std > 0 draws each op's magnitude from N(magnitude, magnitude_std) instead
+    (timm's mstd, pytorchvideo's gaussian sampling; both use 0.5), clipped to the scale and rounded
+    to its bin: torchvision takes whole bins only.
     """
     if not 0 <= magnitude <= max_magnitude:
         raise ValueError(f"magnitude must be in [0, {max_magnitude}], got {magnitude}")
+    if magnitude_std < 0:
+        raise ValueError(f"magnitude_std must be >= 0, got {magnitude_std}")
     mode = v2.InterpolationMode(interpolation)
-    return v2.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=max_magnitude + 1,
-                          interpolation=mode)
+    if magnitude_std == 0:
+        return v2.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=max_magnitude + 1,
+                              interpolation=mode)
+    return NoisyRandAugment(num_ops, magnitude, magnitude_std, max_magnitude, mode)
+
+
+class NoisyRandAugment(torch.nn.Module):
+    """num_ops RandAugment ops, each at a magnitude bin drawn from N(magnitude, std) (torch's CPU RNG).
+
+    One single-op v2.RandAugment per bin; as in v2.RandAugment, each op is drawn uniformly and
+    independently of the others, so with std 0 this is the same distribution as v2.RandAugment.
+    """
+
+    def __init__(self, num_ops: int, magnitude: int, std: float, max_magnitude: int,
+                 interpolation: v2.InterpolationMode):
+        super().__init__()
+        self.num_ops, self.magnitude, self.std, self.max_magnitude = num_ops, magnitude, std, max_magnitude
+        self.bins = torch.nn.ModuleList(
+            v2.RandAugment(num_ops=1, magnitude=m, num_magnitude_bins=max_magnitude + 1, interpolation=interpolation)
+            for m in range(max_magnitude + 1))
+
+    def draw_bin(self) -> int:
+        m = self.magnitude + self.std * float(torch.randn(()))
+        return int(round(min(max(m, 0.0), float(self.max_magnitude))))
+
+    def forward(self, x):
+        for _ in range(self.num_ops):
+            x = self.bins[self.draw_bin()](x)
+        return x
 
 
 def rand_augment(x: torch.Tensor, transform: v2.Transform, *, normalized: bool = False,

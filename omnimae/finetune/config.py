@@ -77,6 +77,8 @@ class AugmentConfig:
     """RandAugment operations per sample (paper: images 2, SSv2 4, K400 2); 0 = off."""
     rand_augment_magnitude: int = 7
     """RandAugment magnitude on a 0..10 scale (images and K400 9, SSv2 7)."""
+    rand_augment_magnitude_std: float = 0.5
+    """Each op's magnitude is drawn from N(magnitude, std) (timm's mstd, pytorchvideo: 0.5); 0 = fixed."""
     random_erasing: float = 0.25
     """Probability of erasing one random box per sample (one box for all frames of a clip)."""
     mixup: float = 0.8
@@ -188,6 +190,7 @@ def validate(cfg: FinetuneConfig) -> None:
     need(d.synth_if_missing in ("", "demo"), "data.synth_if_missing", "expected demo or empty")
     need(a.rand_augment_ops >= 0, "augment.rand_augment_ops", "must be >= 0")
     need(0 <= a.rand_augment_magnitude <= 10, "augment.rand_augment_magnitude", "must be in [0, 10]")
+    need(a.rand_augment_magnitude_std >= 0, "augment.rand_augment_magnitude_std", "must be >= 0")
     for key in ("random_erasing", "mixup_switch_prob", "mixup_prob"):
         need(0.0 <= getattr(a, key) <= 1.0, f"augment.{key}", "must be in [0, 1]")
     need(a.mixup >= 0 and a.cutmix >= 0, "augment.mixup", "alphas must be >= 0")

@@ -232,7 +232,8 @@ def _train(cfg: FinetuneConfig, dist_info: DistInfo, preempt: Preemption) -> Pat
     a = cfg.augment
     mixup = Mixup(num_classes, mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, switch_prob=a.mixup_switch_prob,
                   prob=a.mixup_prob, label_smoothing=a.label_smoothing)
-    augment = build_rand_augment(a.rand_augment_ops, a.rand_augment_magnitude) if a.rand_augment_ops else None
+    augment = (build_rand_augment(a.rand_augment_ops, a.rand_augment_magnitude,
+                                  magnitude_std=a.rand_augment_magnitude_std) if a.rand_augment_ops else None)
     metrics = MetricsWriter(run_dir, enabled=dist_info.is_main)
     peak_flops = device_peak_flops(device)
     flops_per_sample = classifier.flops_per_sample(cfg.data.modality)

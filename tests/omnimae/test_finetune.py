@@ -171,6 +171,41 @@ def test_rand_augment_per_sample_and_per_clip():
     assert rand_augment(images, build_rand_augment()).shape == images.shape
 
 
+def test_rand_augment_magnitude_noise():
+    # timm's mstd 0.5 around m9: bin 9 when |z| < 1 (68%), 8 or 10 when 1 < |z| < 3 (16% each).
+    torch.manual_seed(0)
+    noisy = build_rand_augment(num_ops=2, magnitude=9, magnitude_std=0.5)
+    draws = torch.tensor([noisy.draw_bin() for _ in range(4000)])
+    share = {m: (draws == m).float().mean().item() for m in (8, 9, 10)}
+    assert set(draws.tolist()) <= {7, 8, 9, 10}
+    assert 0.64 < share[9] < 0.73 and 0.13 < share[8] < 0.19 and 0.13 < share[10] < 0.19
+
+    class Recorder(torch.nn.Module):  # stands in for a bin's op: records which bins run
+        def __init__(self, m, calls):
+            super().__init__()
+            self.m, self.calls = m, calls
+
+        def forward(self, x):
+            self.calls.append(self.m)
+            return x
+
+    calls = []
+    noisy.bins = torch.nn.ModuleList(Recorder(m, calls) for m in range(11))
+    frame = torch.rand(3, 8, 8)
+    assert noisy(frame) is frame and len(calls) == 2  # num_ops ops, each with its own bin
+    with pytest.raises(ValueError, match="magnitude_std must be >= 0"):
+        build_rand_augment(magnitude_std=-1)
+
+
+def test_noisy_rand_augment_per_clip():
+    torch.manual_seed(0)
+    frame = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
+    clips = frame.expand(3, 4, 32, 32).unsqueeze(0).expand(6, -1, -1, -1, -1).contiguous()  # [6, 3, 4, 32, 32]
+    out = rand_augment(clips, build_rand_augment(num_ops=2, magnitude=9, magnitude_std=0.5))
+    assert (out == out[:, :, :1]).all()  # one draw (ops and magnitudes) for all frames of a clip
+    assert any(not torch.equal(out[0], out[i]) for i in range(1, 6))
+
+
 def test_rand_augment_normalized_round_trip():
     x = torch.randn(2, 3, 32, 32).clamp(-1.5, 1.5)  # inside the normalized range of [0, 1] pixels
     out = rand_augment(x, v2.Identity(), normalized=True)
