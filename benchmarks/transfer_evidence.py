@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -92,7 +93,7 @@ def run_arm(config: str, overrides: list[str], *, weights: str, tag: str, out_di
     results = json.loads((run / "results.json").read_text())
     final = results["final"]
     row.update({"ft_top1": final["test"]["top1"], "ft_top5": final["test"]["top5"],
-                "ft_steps": results["steps"], "ft_wall_s": time.perf_counter() - t0,
+                "ft_steps": results["steps"], "ft_batch": cfg.train.batch_size, "ft_wall_s": time.perf_counter() - t0,
                 "test_items": final["items"], "views": final["views"], "run": str(run)})
     if "test_ema" in final:
         row["ft_ema_top1"] = final["test_ema"]["top1"]
@@ -121,6 +122,34 @@ def table(rows: list[dict]) -> str:
             cells.append(cell)
         lines.append(f"| {tag} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot_losses(curves: list[tuple[str, str, Path]], path: Path, title: str) -> None:
+    """Fine-tune training loss against step, one line per (label, init, metrics.jsonl) curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colors = {"pretrained": "tab:blue", "random init": "tab:orange"}
+    styles = ["-", "--", ":", "-."]
+    seen: dict[str, int] = {}
+    for label, init, metrics in curves:
+        points = [(r["step"], r["loss"]) for r in _metrics(metrics) if "loss" in r]
+        if not points:
+            continue
+        n = seen[init] = seen.get(init, -1) + 1
+        ax.plot(*zip(*points), styles[n % len(styles)], color=colors.get(init, "tab:gray"), label=label, linewidth=1.2)
+    ax.axhline(math.log(10), color="black", linestyle=":", linewidth=1, label="chance (ln 10)")
+    ax.set_xlabel("fine-tune step")
+    ax.set_ylabel("training loss (label smoothing 0.1)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +207,13 @@ def main(argv=None) -> int:
                                "pretraining": info, "rows": rows, "table": md,
                                "torch": torch.__version__}, indent=2))
     print(f"\nwritten: {out}")
+    curves = [(f"{r['init']}, seed {r['seed']}: test top-1 {100 * r['ft_top1']:.1f}%", r["init"],
+               Path(r["run"]) / "metrics.jsonl") for r in rows if "run" in r]
+    if curves:
+        picture = out.with_suffix(".png")
+        plot_losses(curves, picture, f"Fine-tune loss, {info['model']} pretrained {info['step']} steps vs random "
+                                     f"init ({rows[0]['ft_steps']} steps of {rows[0]['ft_batch']} clips)")
+        print(f"written: {picture}")
     return 0
 
 

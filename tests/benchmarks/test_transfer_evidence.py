@@ -49,20 +49,30 @@ def test_a_folder_without_state_is_refused(tmp_path, capsys):
     assert "not a checkpoint folder" in capsys.readouterr().err
 
 
-@pytest.mark.timeout(300)
-def test_probe_only_compares_a_checkpoint_with_random_init(tmp_path):
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """A debug-size "pretrained" checkpoint and where the tiny labelled set goes (made by the first run)."""
+    root = tmp_path_factory.mktemp("transfer")
     torch.manual_seed(0)
     model = build_model("debug", img_size=64, num_frames=4)
     config = {"model": {"name": "debug", "img_size": 64, "num_frames": 4, "norm_pix_loss": True},
               "data": {"image": {"mask_ratio": 0.9}, "video": {"mask_ratio": 0.95}}}
     optimizer = torch.optim.AdamW(model.parameters())
-    folder = save_training_state(tmp_path / "pretrain", step=7, model=model, optimizer=optimizer, loader=None,
+    folder = save_training_state(root / "pretrain", step=7, model=model, optimizer=optimizer, loader=None,
                                  config=config, dist_info=DistInfo(), keep_last=1)
+    return {"checkpoint": str(folder), "data": ["--data", str(root / "data"), "--train-videos", "20",
+                                                "--val-videos", "10"]}
+
+
+SMALL_RUN = ["data.short_side=64", "data.decode_threads=1", "data.decode_backend=pyav", "train.device=cpu",
+             "eval.batch_size=5"]
+
+
+@pytest.mark.timeout(300)
+def test_probe_only_compares_a_checkpoint_with_random_init(tiny, tmp_path):
     out = tmp_path / "transfer.json"
-    assert bench.main([str(folder), "--probe-only", "--seeds", "0,1", "--data", str(tmp_path / "data"),
-                       "--train-videos", "20", "--val-videos", "10", "--out", str(out),
-                       "--out-dir", str(tmp_path / "runs"), "data.short_side=64", "data.decode_threads=1",
-                       "data.decode_backend=pyav", "train.device=cpu", "eval.batch_size=5"]) == 0
+    assert bench.main([tiny["checkpoint"], "--probe-only", "--seeds", "0,1", *tiny["data"], "--out", str(out),
+                       "--out-dir", str(tmp_path / "runs"), *SMALL_RUN]) == 0
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert [(r["init"], r["seed"]) for r in rows] == [("pretrained", 0), ("random init", 0),
@@ -72,3 +82,28 @@ def test_probe_only_compares_a_checkpoint_with_random_init(tmp_path):
     # Two seeds per arm: the table reports mean ± std; no fine-tune columns without a fine-tune.
     assert "| pretrained | " in result["table"] and " ± " in result["table"]
     assert "fine-tune" not in result["table"]
+    assert not out.with_suffix(".png").exists()  # no loss curves without fine-tunes
+
+
+@pytest.mark.timeout(300)
+def test_fine_tunes_report_accuracy_loss_and_draw_the_curves(tiny, tmp_path):
+    out = tmp_path / "transfer.json"
+    assert bench.main([tiny["checkpoint"], "--seeds", "0", *tiny["data"], "--out", str(out),
+                       "--out-dir", str(tmp_path / "runs"), *SMALL_RUN, "train.batch_size=4", "train.max_steps=3",
+                       "train.log_every=1"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["init"] for r in rows] == ["pretrained", "random init"]
+    for r in rows:
+        assert r["ft_steps"] == 3 and r["ft_batch"] == 4 and r["views"] == 15 and 0 <= r["ft_top1"] <= 1
+        assert 1.0 < r["ft_train_loss_last"] < 4.0  # ~ln 10 after 3 steps
+    assert "fine-tune train loss" in json.loads(out.read_text())["table"]
+    picture = out.with_suffix(".png")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_skips_runs_without_losses(tmp_path):
+    logged = tmp_path / "a.jsonl"
+    logged.write_text("\n".join(json.dumps({"step": s, "loss": 2.3 - 0.1 * s}) for s in range(1, 5)))
+    bench.plot_losses([("a", "pretrained", logged), ("b", "random init", tmp_path / "missing.jsonl")],
+                      tmp_path / "curves.png", "title")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
