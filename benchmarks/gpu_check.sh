@@ -11,8 +11,8 @@
 # 3. End to end: the trainer on generated SSv2-like H.264 videos (a codec NVDEC surely takes),
 #    replication 1 and 4, and the share of the step it waited for data.
 # 4. (only when asked: GPU_CHECK_SECTIONS=4, ~8 min) Transfer: the demo pretraining (configs/demo.yaml,
-#    15 s), then benchmarks/transfer_evidence.py with a fine-tune budget the CPU takes most of an hour
-#    for (GPU_CHECK_FT_EPOCHS, default 40: ~200 s per arm on an H100), for each fine-tune seed in
+#    15 s), then benchmarks/transfer_evidence.py (configs/ft_motion.yaml, which takes an hour on 2 CPU
+#    cores; GPU_CHECK_FT_EPOCHS, default 40: ~200 s per arm on an H100), for each fine-tune seed in
 #    GPU_CHECK_FT_SEEDS (default 0: one pair fits one 10-minute device call) under its own limit.
 # Each section runs under its own timeout and a failed section is reported, not fatal, so one
 # broken part does not cost the others. The report and the logs are written under $OUT as they are
@@ -151,8 +151,7 @@ if [ -n "$ckpt" ]; then
   for i in $ft_seeds; do
     timeout -k 20 "$t_ft" $PY benchmarks/transfer_evidence.py "$ckpt" --seeds "$i" --data "$WORK/transfer" \
       "${ft_data[@]}" --workers "$threads" --out-dir "$WORK/runs/transfer" --out "$OUT/transfer_seed$i.json" \
-      train.epochs="$ft_epochs" optim.lr=3e-4 model.drop_path=0 augment.random_erasing=0 \
-      'data.crop_scale=[0.5,1.0]' data.decode_threads="$threads" >"$OUT/transfer_seed$i.log" 2>&1
+      train.epochs="$ft_epochs" data.decode_threads="$threads" >"$OUT/transfer_seed$i.log" 2>&1
     rc=$?
     # The table and each arm's numbers (one JSON line per arm); progress bars stay in the log.
     { echo "fine-tune seed $i:"; echo '```'; grep -e '^{"init"' -e '^|' -e '^pretrained:' "$OUT/transfer_seed$i.log"

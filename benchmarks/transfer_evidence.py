@@ -8,13 +8,14 @@ accuracies rest on 200 test videos, not the demo's 40), for each initialization:
    slots in order, L2-normalized: `eval.probe_pool=time`, since a mean over all tokens cannot tell
    a motion from its reverse) of the train split -> a linear probe and a weighted k-NN (k=20),
    top-1 on the val split;
-2. the same short fine-tune for both (configs/ft_demo.yaml: same steps, batch, seed, data order,
-   augmentation), tested with 5 clips x 3 crops; top-1 of the weights and of their EMA.
-Prints a markdown table and writes JSON (with the pretraining loss of the checkpoint used).
+2. the same fine-tune for both (configs/ft_motion.yaml: 40 epochs; same steps, batch, seed, data
+   order, augmentation), tested with 5 clips x 3 crops; top-1 of the weights and of their EMA.
+Prints a markdown table and writes JSON (with the pretraining loss of the checkpoint used) and a
+PNG of both arms' fine-tune loss beside it.
 
-    python benchmarks/transfer_evidence.py runs/demo/step_00000256           # ~10 min on 2 CPU cores
+    python benchmarks/transfer_evidence.py runs/demo/step_00000256           # ~55 min on 2 CPU cores
     python benchmarks/transfer_evidence.py CKPT --seeds 0,1,2 --out benchmarks/out/transfer.json
-    python benchmarks/transfer_evidence.py CKPT --probe-only --seeds 0,1,2    # probes only, ~1 min
+    python benchmarks/transfer_evidence.py CKPT --probe-only --seeds 0,1,2    # probes only, ~2 min
 
 The fine-tune config, the architecture read from the checkpoint (model name, img_size, num_frames)
 and any `key=value` overrides apply to both arms alike.
@@ -155,7 +156,7 @@ def plot_losses(curves: list[tuple[str, str, Path]], path: Path, title: str) -> 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="a pretraining run's step_XXXXXXXX folder (e.g. runs/demo/step_00000256)")
-    p.add_argument("--config", default=str(REPO / "configs/ft_demo.yaml"), help="fine-tuning config for both arms")
+    p.add_argument("--config", default=str(REPO / "configs/ft_motion.yaml"), help="fine-tuning config for both arms")
     p.add_argument("--seeds", type=_seed_list, default=[0],
                    help="comma-separated fine-tune / probe seeds, e.g. 0,1,2 (mean ± std)")
     p.add_argument("--out-dir", default="runs/transfer_evidence", help="run folders of the fine-tunes")
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-videos", type=int, default=200, help="val (test) videos generated")
     p.add_argument("--workers", type=int, default=2, help="processes generating the videos (if missing)")
     p.add_argument("--probe-only", action="store_true",
-                   help="frozen-feature probes only, no fine-tune (~1 min instead of ~12)")
+                   help="frozen-feature probes only, no fine-tune (~2 min instead of ~55)")
     p.add_argument("overrides", nargs="*", help="key=value fine-tune overrides for both arms")
     return p
 

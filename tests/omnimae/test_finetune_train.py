@@ -43,12 +43,12 @@ def ft_overrides(data_root: Path, run_dir: Path, **extra) -> list[str]:
 
 # ---- config ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["ft_ssv2_vitb", "ft_k400_vitb", "ft_in1k_vitb", "ft_demo"])
+@pytest.mark.parametrize("name", ["ft_ssv2_vitb", "ft_k400_vitb", "ft_in1k_vitb", "ft_demo", "ft_motion"])
 def test_shipped_configs_load(name):
     cfg = load_finetune_config(REPO / "configs" / f"{name}.yaml")
     assert cfg.train.run_name == name
-    # Tables 4-5: RandomResizedCrop bicubic; the demo keeps the bilinear its README evidence used.
-    assert cfg.data.interpolation == ("bilinear" if name == "ft_demo" else "bicubic")
+    # Tables 4-5: RandomResizedCrop bicubic; the demos keep the bilinear their README evidence used.
+    assert cfg.data.interpolation == ("bilinear" if name in ("ft_demo", "ft_motion") else "bicubic")
     if name == "ft_k400_vitb":
         assert cfg.data.replication == 2 and cfg.data.window_s == 2.0 and cfg.data.flip_p == 0.5
     if name == "ft_in1k_vitb":
