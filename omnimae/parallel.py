@@ -56,9 +56,17 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world_size, device)
 
 
-def teardown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def teardown_distributed(*, wait_for_peers: bool = False) -> None:
+    """Destroys the process group. wait_for_peers (on the success path only): a barrier first, so no
+    rank tears down while a peer is still in its last collective. Without it, 1 of many 2-rank gloo
+    test runs on loaded cores ended with the rank whose test share was shorter aborting at exit
+    ("terminate called without an active exception"). Never on an error path: there a peer may
+    be in another collective, and the barrier would hang until the timeout."""
+    if not dist.is_initialized():
+        return
+    if wait_for_peers and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def parallelize(model: nn.Module, *, dist_info: DistInfo, compile: bool, strategy: str = "ddp",

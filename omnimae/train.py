@@ -100,11 +100,14 @@ def train(cfg: Config) -> Path:
     """Runs (or resumes) the experiment; returns the run folder."""
     dist_info = setup_distributed(cfg.train.device)
     preempt = Preemption().install()  # before any slow setup: a signal during it is not lost
+    finished = False
     try:
-        return _train(cfg, dist_info, preempt)
+        run_dir = _train(cfg, dist_info, preempt)
+        finished = True
+        return run_dir
     finally:
         preempt.uninstall()
-        teardown_distributed()
+        teardown_distributed(wait_for_peers=finished)
 
 
 def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:

@@ -169,19 +169,23 @@ def finetune(cfg: FinetuneConfig, *, mode: str = "train") -> Path:
     if mode not in ("train", "eval", "probe"):
         raise ValueError(f"mode must be train, eval or probe, got {mode!r}")
     dist_info = setup_distributed(cfg.train.device)
+    finished = False
     try:
         if mode == "probe":
-            return _probe(cfg, dist_info)
-        if mode == "eval":
-            return _eval_only(cfg, dist_info)
-        # Only training turns SIGTERM into "checkpoint and exit 0"; testing and probing just stop.
-        preempt = Preemption().install()
-        try:
-            return _train(cfg, dist_info, preempt)
-        finally:
-            preempt.uninstall()
+            run_dir = _probe(cfg, dist_info)
+        elif mode == "eval":
+            run_dir = _eval_only(cfg, dist_info)
+        else:
+            # Only training turns SIGTERM into "checkpoint and exit 0"; testing and probing just stop.
+            preempt = Preemption().install()
+            try:
+                run_dir = _train(cfg, dist_info, preempt)
+            finally:
+                preempt.uninstall()
+        finished = True
+        return run_dir
     finally:
-        teardown_distributed()
+        teardown_distributed(wait_for_peers=finished)
 
 
 def _run_dir(cfg: FinetuneConfig) -> Path:
