@@ -128,7 +128,8 @@ class _ItemLoader:
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, seed: int = 0,
                  patch_size: tuple[int, int, int] = (2, 16, 16), crop_size: int = 224,
                  crop_scale: tuple[float, float] = (0.08, 1.0), flip_p: float = 0.0,
-                 interpolation: str | None = None, mask_ratio: float = 0.9, mask_type: str = "random", max_in_flight: int = 64,
+                 interpolation: str | None = None, mask_ratio: float = 0.9, mask_type: str = "random",
+                 max_in_flight: int = 64,
                  storage_options: dict | None = None, decode_threads: int = 2, reader: AsyncReader | None = None,
                  decode_ahead: int = 1):
         if batch_size % replication:
