@@ -55,6 +55,14 @@ DEFAULTS = {
     IMAGE: {"scale": (0.2, 1.0), "interpolation": "bicubic", "flip_p": 0.5},
 }
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
+INTERPOLATIONS = ("bilinear", "bicubic")  # the random resized crop's kernels (F.interpolate modes)
+
+
+def check_interpolation(interpolation: str) -> str:
+    """The interpolation unchanged, or a ValueError naming the choices."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+    return interpolation
 TRIES = 10  # torchvision's RandomResizedCrop tries this many boxes before its fallback
 
 
@@ -141,9 +149,7 @@ def resized_crops(clips: Sequence[torch.Tensor], boxes: torch.Tensor, flips: tor
                              f"{clip.dtype} {tuple(clip.shape)}")
         if not is_image and clip.shape[0] != frames:
             raise ValueError(f"all clips need the same frame count; got {frames} and {clip.shape[0]}")
-    mode = {"bilinear": "bilinear", "bicubic": "bicubic"}.get(interpolation)
-    if mode is None:
-        raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+    mode = check_interpolation(interpolation)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     n, t, size = len(clips), replication, out_size

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
-from loaders.augment import assemble_batch
+from loaders.augment import assemble_batch, check_interpolation
 from loaders.batch import IMAGE, VIDEO, Batch
 from loaders.frames import sample_frame_indices
 from loaders.manifest import Manifest
@@ -136,8 +136,8 @@ class _ItemLoader:
             raise ValueError(f"batch_size {batch_size} is not divisible by replication {replication}")
         if len(manifest) == 0:
             raise ValueError("the manifest lists no samples")
-        if interpolation not in (None, "bilinear", "bicubic"):
-            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+        if interpolation is not None:
+            check_interpolation(interpolation)  # now, not at the first batch
         self.manifest = manifest
         self.batch_size = batch_size
         self.replication = replication
