@@ -14,7 +14,10 @@ import errno
 import random
 from collections import deque
 
+from loaders.errors import StorageError
 from loaders.redact import redact
+
+__all__ = ["StorageError", "FailureBudget", "is_transient", "describe_error", "backoff_delay"]
 
 _TRANSIENT_STATUS = frozenset({408, 429})
 _THROTTLE_CODES = frozenset({
@@ -38,10 +41,6 @@ _TRANSIENT_NAMES = frozenset({
     "ConnectTimeoutError", "IncompleteReadError", "ResponseStreamingError", "ProxyConnectionError",
     "FSTimeoutError",
 })
-
-
-class StorageError(RuntimeError):
-    """The share of failed reads went over the budget: the run should stop."""
 
 
 def _chain(exc: BaseException):
