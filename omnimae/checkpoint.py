@@ -8,11 +8,34 @@ resume. Files hold the unwrapped module's names: no `_orig_mod.` (torch.compile)
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
+import logging
 import os
+import pickle
+import shutil
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from omnimae.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def safe_load(path) -> object:
+    """torch.load(weights_only=True): tensors and plain containers only. A file holding anything else
+    (arbitrary pickled objects could run code) is refused in one line, as is a torn file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} is not a checkpoint this project wrote (unsafe pickle refused; "
+                              f"load only files you trust, with your own code)") from None
+    except (RuntimeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is unreadable (torn or not a PyTorch file: {first})") from None
 
 # ==================================================================================================
 # Model weights: official omnivore checkpoints and plain weight files
@@ -126,7 +149,7 @@ def _read_state_dict(path_or_state_dict) -> dict[str, torch.Tensor]:
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         if not os.path.exists(path_or_state_dict):
             raise FileNotFoundError(f"checkpoint {path_or_state_dict} does not exist")
-        state = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        state = safe_load(path_or_state_dict)
     else:
         state = path_or_state_dict
     if not isinstance(state, dict):
@@ -243,39 +266,154 @@ def _load_model_and_optim_state(model, optimizer, model_state: dict, optim_state
     optimizer.load_state_dict(optim_state)
 
 
+MANIFEST = "checkpoint.json"  # written last: a checkpoint without it (or not matching it) is incomplete
+
+
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete checkpoints in the run folder, oldest first."""
+    """Checkpoint folders in the run folder (step_XXXXXXXX), oldest first; see verify_checkpoint."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    found = [p for p in run_dir.glob(f"{CKPT_PREFIX}*") if p.is_dir() and (p / "state.pt").is_file()
-             and p.name[len(CKPT_PREFIX):].isdigit()]
+    found = [p for p in run_dir.glob(f"{CKPT_PREFIX}*") if p.is_dir() and p.name[len(CKPT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX):]))
 
 
-def find_resume(resume: str, run_dir: Path) -> Path | None:
-    """`auto`: the latest complete checkpoint in the run folder (None if there is none); `never`; a path."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be used, or None. Checks every file against the manifest
+    (size, then SHA-256); a folder from before manifests existed must load (weights_only) instead."""
+    path = Path(path)
+    manifest_file = path / MANIFEST
+    if not manifest_file.is_file():
+        if not (path / "state.pt").is_file():
+            return "no checkpoint.json and no state.pt (a write cut short)"
+        for file in sorted(path.glob("*.pt")):  # written before manifests: it must at least load
+            try:
+                safe_load(file)
+            except CheckpointError as e:
+                return str(e)
+        return None
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST} is unreadable ({type(e).__name__})"
+    for name, want in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != want["bytes"]:
+            return f"{name} has {size} bytes, {want['bytes']} were written (torn)"
+        if _sha256(file) != want["sha256"]:
+            return f"{name} does not match its checksum (damaged)"
+    return None
+
+
+def saved_config(path: Path) -> dict | None:
+    """The (redacted) config a checkpoint was written with, from its manifest (None for old ones)."""
+    manifest_file = Path(path) / MANIFEST
+    if not manifest_file.is_file():
+        return None
+    return json.loads(manifest_file.read_text()).get("config")
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename an unusable checkpoint out of the way (never delete: a person may want it) and warn."""
+    target = path.with_name(path.name + ".unusable")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.unusable{n}")
+    path.rename(target)
+    log.warning("checkpoint %s is unusable (%s): set aside as %s; resuming from the one before",
+                path, why, target.name)
+    return target
+
+
+def find_resume(resume: str, run_dir: Path, dist_info=None) -> Path | None:
+    """The checkpoint to resume from. auto / force: the latest usable one in the run folder (None if
+    there is none); unusable newer ones are set aside (renamed) with a warning. never: None. A path:
+    that checkpoint, which must be usable. Rank 0 decides; every rank gets its answer."""
     if resume == "never":
         return None
-    if resume == "auto":
+    if dist_info is None or dist_info.is_main:
+        answer: Path | None | CheckpointError
+        try:
+            answer = _choose_resume(resume, Path(run_dir))
+        except CheckpointError as e:
+            answer = e
+    else:
+        answer = None
+    if dist_info is not None and dist_info.distributed:
+        import torch.distributed as dist
+
+        shared = [answer]
+        dist.broadcast_object_list(shared, src=0)  # sync: once, at start
+        answer = shared[0]
+    if isinstance(answer, CheckpointError):
+        raise answer
+    return answer
+
+
+def _choose_resume(resume: str, run_dir: Path) -> Path | None:
+    if resume in ("auto", "force"):
         found = checkpoint_dirs(run_dir)
-        return found[-1] if found else None
+        set_aside_names = []
+        for path in reversed(found):
+            why = verify_checkpoint(path)
+            if why is None:
+                return path
+            set_aside_names.append(set_aside(path, why).name)
+        if set_aside_names:
+            raise CheckpointError(
+                f"train.resume: no usable checkpoint in {run_dir} (set aside: {', '.join(set_aside_names)}); "
+                f"rerun to start this run afresh, or resume one of them by hand with train.resume=PATH")
+        return None
     path = Path(resume)
-    if path.is_dir() and (path / "state.pt").is_file():
-        return path
-    raise FileNotFoundError(f"train.resume: no checkpoint at {path} (expected a folder with state.pt)")
+    if not (path.is_dir() and ((path / MANIFEST).is_file() or (path / "state.pt").is_file())):
+        raise CheckpointError(f"train.resume: no checkpoint at {path} (expected a step_XXXXXXXX folder)")
+    why = verify_checkpoint(path)
+    if why is not None:
+        raise CheckpointError(f"train.resume: the checkpoint {path} is unusable: {why}")
+    return path
+
+
+def _save(obj, file: Path, files: dict) -> None:
+    torch.save(obj, file)
+    files[file.name] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+
+
+def _write_failure(tmp: Path, error: BaseException) -> CheckpointError:
+    """One line for a checkpoint write that failed (a full disk above all); the partial one removed."""
+    free = shutil.disk_usage(tmp.parent).free if tmp.parent.exists() else 0
+    shutil.rmtree(tmp, ignore_errors=True)
+    no_space = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        free < (64 << 20) or "No space left" in str(error)
+    what = "no space left on device" if no_space else \
+        (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return CheckpointError(f"checkpoint: could not write {tmp.parent} ({what}; {free / 2**30:.2f} GiB free); "
+                           f"the partial checkpoint was removed, the previous ones are intact")
 
 
 def save_training_state(run_dir: Path, *, step: int, model, optimizer, loader, config: dict, dist_info,
                         keep_last: int, extra: dict | None = None) -> Path:
-    """Saves `run_dir/step_<step>/` (state.pt + one loader file per rank); returns its path.
+    """Saves `run_dir/step_<step>/` (state.pt + one loader file per rank + checkpoint.json, last);
+    returns its path.
 
     All ranks must call it (loader positions and FSDP2 shards are gathered); rank 0 writes the model.
-    extra: {name: object with state_dict()} saved beside the model, e.g. a fine-tuning run's weight
-    EMA; their states must be the same on every rank (rank 0's is written).
+    config: the redacted config (omnimae.config.to_dict), kept in state.pt and the manifest so that a
+    resume can compare it. extra: {name: object with state_dict()} saved beside the model, e.g. a
+    fine-tuning run's weight EMA; their states must be the same on every rank (rank 0's is written).
+    A failed write (full disk) removes the partial folder and raises CheckpointError on every rank.
     """
-    import shutil
-
     import torch.distributed as dist
 
     run_dir = Path(run_dir)
@@ -290,24 +428,37 @@ def save_training_state(run_dir: Path, *, step: int, model, optimizer, loader, c
         rng_states = [None] * dist_info.world_size
         dist.all_gather_object(loader_states, loader_state)
         dist.all_gather_object(rng_states, _rng_state())
+    failure: CheckpointError | None = None
     if dist_info.is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        state = {"step": step, "model": model_state, "optimizer": optim_state, "config": config,
-                 "world_size": dist_info.world_size}
-        if extra:
-            state["extra"] = {name: obj.state_dict() for name, obj in extra.items()}
-        torch.save(state, tmp / "state.pt")
-        for rank, (ls, rs) in enumerate(zip(loader_states, rng_states)):
-            torch.save({"loader": ls, "rng": rs}, tmp / f"rank_{rank:05d}.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)  # atomic on POSIX: readers see the old or the new checkpoint, never half
-        for old in checkpoint_dirs(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            files: dict = {}
+            state = {"step": step, "model": model_state, "optimizer": optim_state, "config": config,
+                     "world_size": dist_info.world_size}
+            if extra:
+                state["extra"] = {name: obj.state_dict() for name, obj in extra.items()}
+            _save(state, tmp / "state.pt", files)
+            for rank, (ls, rs) in enumerate(zip(loader_states, rng_states)):
+                _save({"loader": ls, "rng": rs}, tmp / f"rank_{rank:05d}.pt", files)
+            manifest = {"step": step, "world_size": dist_info.world_size, "files": files, "config": config}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)  # atomic on POSIX: readers see the old or the new checkpoint, never half
+        except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError ("unexpected pos")
+            failure = _write_failure(tmp, e)
+        if failure is None:
+            for old in checkpoint_dirs(run_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
     if dist_info.distributed:
-        dist.barrier()
+        shared = [None if failure is None else str(failure)]
+        dist.broadcast_object_list(shared, src=0)  # every rank stops together on a failed write
+        if shared[0] is not None:
+            failure = CheckpointError(shared[0])
+    if failure is not None:
+        raise failure
     return final
 
 
@@ -318,7 +469,7 @@ def load_training_state(path: Path, *, model, optimizer, loader, rank: int = 0,
     extra: {name: object with load_state_dict()}, the same names as given to save_training_state.
     """
     path = Path(path)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    state = safe_load(path / "state.pt")
     _load_model_and_optim_state(model, optimizer, state["model"], state["optimizer"])
     for name, obj in (extra or {}).items():
         if name not in state.get("extra", {}):
@@ -327,9 +478,9 @@ def load_training_state(path: Path, *, model, optimizer, loader, rank: int = 0,
         obj.load_state_dict(state["extra"][name])
     rank_file = path / f"rank_{rank:05d}.pt"
     if not rank_file.is_file():
-        raise FileNotFoundError(f"{rank_file}: checkpoint was written by {state['world_size']} ranks; "
-                                f"resuming with a different world size is not supported")
-    rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{path} was written by {state['world_size']} ranks: resuming with a different "
+                              f"world size is not supported (use a new train.run_name)")
+    rank_state = safe_load(rank_file)
     if rank_state["loader"] is not None and hasattr(loader, "load_state_dict"):
         loader.load_state_dict(rank_state["loader"])
     _set_rng_state(rank_state["rng"])

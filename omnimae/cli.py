@@ -5,8 +5,42 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
+from typing import Callable
 
+from loaders.errors import LoaderError
+from loaders.redact import redact
 from omnimae.config import ConfigError, describe, load_config
+from omnimae.errors import RunError
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("omnimae")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def run_guarded(prog: str, body: Callable[[], int]) -> int:
+    """Runs a command's body. What the user must fix (omnimae.errors.RunError, the data path's
+    LoaderError) is one redacted line on stderr and exit 2; a bug keeps its traceback, redacted too
+    (a storage URL in an exception must not print its password)."""
+    try:
+        return body()
+    except ConfigError as e:
+        print(f"{prog}: config: {redact(e)}", file=sys.stderr)
+    except (RunError, LoaderError) as e:
+        print(f"{prog}: {redact(e)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug: its traceback, without credentials
+        print(redact("".join(traceback.format_exception(e))), file=sys.stderr, end="")
+        return 1
+    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="experiment YAML (holds only what differs from the defaults)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides applied after the file")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (secrets hidden) and exit")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return p
 
 
@@ -46,7 +81,8 @@ def train_main(argv: list[str] | None = None) -> int:
         print("\n".join(describe()))
         return 0
     settle_config_args(parser, args, "configs/demo.yaml")
-    try:
+
+    def body() -> int:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
             import json
@@ -59,9 +95,8 @@ def train_main(argv: list[str] | None = None) -> int:
 
         setup_logging()
         return main(cfg)
-    except ConfigError as e:
-        print(f"omnimae-train: config: {e}", file=sys.stderr)
-        return 2
+
+    return run_guarded("omnimae-train", body)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,13 @@ class MetricsWriter:
 
     Only rank 0 constructs a writer that writes; other ranks get `enabled=False` and every call is a
     no-op, so call sites need no rank checks.
+
+    start_step: the step the run (re)starts from. Records past it, written by the interrupted run after
+    its last checkpoint, are dropped from metrics.jsonl and TensorBoard (`purge_step`), so every step
+    appears once and the curves are those of an uninterrupted run.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, start_step: int = 0):
         self.enabled = enabled
         self._file = None
         self._tb = None
@@ -47,12 +51,13 @@ class MetricsWriter:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
+        _drop_records_after(self.path, start_step)
         self._file = open(self.path, "a", buffering=1)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
             except Exception as e:  # tensorboard missing or broken: JSON lines still work
                 print(f"metrics: TensorBoard disabled ({type(e).__name__}: {e})")
 
@@ -77,6 +82,28 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Rewrite `path` keeping the records of steps <= `step` (atomically; a torn last line goes too)."""
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                dropped += 1
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
 
 
 def _jsonable(value):

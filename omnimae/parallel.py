@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from omnimae.config import ConfigError
+
 
 @dataclass
 class DistInfo:
@@ -35,7 +37,11 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available (use train.device=cpu)")
+        raise ConfigError(f"train.device: {name} asked for, but no CUDA device is available here "
+                          f"(use train.device=cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device: {name} asked for, but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

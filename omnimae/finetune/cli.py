@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from omnimae.cli import settle_config_args, setup_logging
-from omnimae.config import ConfigError, describe
+from omnimae.cli import run_guarded, settle_config_args, setup_logging, version
+from omnimae.config import describe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,12 +31,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="linear probe and k-NN on frozen features of model.pretrained (quick check, one "
                            "process); writes <run>/probe.json")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (secrets hidden) and exit")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return p
 
 
 def finetune_main(argv: list[str] | None = None) -> int:
-    from omnimae.finetune.config import FinetuneConfig, load_finetune_config, to_dict
+    from omnimae.config import to_dict
+    from omnimae.finetune.config import FinetuneConfig, load_finetune_config
 
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
@@ -44,7 +46,8 @@ def finetune_main(argv: list[str] | None = None) -> int:
         print("\n".join(describe(FinetuneConfig())))
         return 0
     settle_config_args(parser, args, "configs/ft_demo.yaml")
-    try:
+
+    def body() -> int:
         cfg = load_finetune_config(args.config, args.overrides)
         if args.print_config:
             import json
@@ -55,9 +58,8 @@ def finetune_main(argv: list[str] | None = None) -> int:
 
         setup_logging()
         return main(cfg, mode="eval" if args.eval_only else "probe" if args.probe else "train")
-    except ConfigError as e:
-        print(f"omnimae-finetune: config: {e}", file=sys.stderr)
-        return 2
+
+    return run_guarded("omnimae-finetune", body)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 
 from omnimae import checkpoint as ckpt
 from omnimae.config import ConfigError
+from omnimae.errors import CheckpointError
 from omnimae.metrics import read_jsonl
 from omnimae.train import lr_at, param_groups, train
 
@@ -92,7 +93,7 @@ def test_resume_reproduces_the_uninterrupted_losses_exactly(tiny_config):
 
 
 def test_bad_resume_path_is_one_clear_error(tiny_config, tmp_path):
-    with pytest.raises(FileNotFoundError, match="train.resume"):
+    with pytest.raises(CheckpointError, match="train.resume"):
         train(tiny_config(**{"train.resume": str(tmp_path / "nowhere")}))
 
 
