@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,8 +18,11 @@ from typing import Any
 
 import yaml
 
+from loaders.redact import redact
+from omnimae.errors import RunError
 
-class ConfigError(ValueError):
+
+class ConfigError(RunError, ValueError):
     """A bad key or value; the message names the full key."""
 
 
@@ -136,7 +140,9 @@ class RunConfig:
     keep_last: int = 3
     """Checkpoints kept."""
     resume: str = "auto"
-    """auto (latest checkpoint in the run folder), never, or a checkpoint path."""
+    """auto (latest usable checkpoint in the run folder; refuses a config that changes what the run
+    computes), force (the same, accepting such changes: they are logged and recorded), never, or a
+    checkpoint path."""
     out_dir: str = "runs"
     """Folder holding run folders."""
     run_name: str = ""
@@ -249,7 +255,11 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key.sub=value")
     path, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {path.strip()}: the value {raw!r} does not parse as YAML "
+                          f"({getattr(e, 'problem', None) or type(e).__name__}); quote it if a string is meant") from None
     value = _yaml_number(raw, value)
     out: dict[str, Any] = {}
     node = out
@@ -292,7 +302,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, base: Any
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         with open(path) as f:
-            loaded = yaml.load(f, Loader=_FloatLoader) or {}
+            try:
+                loaded = yaml.load(f, Loader=_FloatLoader) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(_yaml_error_line(path, e)) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         updates = loaded
@@ -303,6 +316,14 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, base: Any
         cfg.train.run_name = Path(path).stem
     (validate if check is None else check)(cfg)
     return cfg
+
+
+def _yaml_error_line(path: Path, error: yaml.YAMLError) -> str:
+    """`file:line:col: what` (1-based, as editors count) for a YAML syntax error."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    what = " ".join(str(p) for p in (getattr(error, "context", None), getattr(error, "problem", None)) if p)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    return f"{where}: YAML syntax error: {what or type(error).__name__}"
 
 
 class _FloatLoader(yaml.SafeLoader):
@@ -317,6 +338,8 @@ _FloatLoader.add_implicit_resolver(
 
 
 SIZES = ("debug", "small", "base", "large", "huge")
+RESUME_MODES = ("auto", "never", "force")
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 MASK_TYPES = ("random", "tube", "causal", "frame")
 
 
@@ -335,6 +358,15 @@ def validate_run(train: RunConfig, parallel: ParallelConfig) -> None:
     need(train.log_every >= 1, "train.log_every", "must be >= 1")
     need(train.precision in ("auto", "bf16", "fp32"), "train.precision", "expected auto, bf16 or fp32")
     need(train.keep_last >= 1, "train.keep_last", "must be >= 1")
+    need(train.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = run train.epochs)")
+    need(train.epochs >= 0, "train.epochs", "must be >= 0")
+    need(train.ckpt_every >= 0, "train.ckpt_every", "must be >= 0 (0 = only at the end)")
+    need(train.resume != "", "train.resume", f"expected {', '.join(RESUME_MODES)} or a checkpoint path")
+    need(_DEVICE.fullmatch(train.device) is not None, "train.device",
+         f"expected auto, cpu, cuda or cuda:N, got {train.device!r}")
+    for name in ("vis_every", "profile_steps"):
+        if hasattr(train, name):
+            need(getattr(train, name) >= 0, f"train.{name}", "must be >= 0")
 
 
 def validate(cfg: Config) -> None:
@@ -409,8 +441,27 @@ def derive(cfg: Config, *, world_size: int, dataset_sizes: dict[str, int]) -> di
     }
 
 
-def to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+HIDDEN = "<hidden>"
+SECRET_FIELDS = frozenset({"storage_options"})  # mappings whose values are shown as HIDDEN, by key
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Any config tree as plain data with every secret removed: what is printed (`config:`,
+    --print-config), written (config.json) and saved (checkpoints). Storage options keep their keys
+    with `<hidden>` values; every string loses URL userinfo and signed-URL queries (loaders.redact)."""
+    return _redacted(dataclasses.asdict(cfg))
+
+
+def _redacted(node: Any, name: str = "") -> Any:
+    if isinstance(node, dict):
+        if name in SECRET_FIELDS:
+            return {str(k): HIDDEN for k in node}
+        return {k: _redacted(v, k) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_redacted(v) for v in node)
+    if isinstance(node, str):
+        return redact(node)
+    return node
 
 
 def describe(obj: Any = None, prefix: str = "") -> list[str]:

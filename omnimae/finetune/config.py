@@ -8,7 +8,6 @@ naming the full key, `--help-config` from the field docstrings); `load_config`, 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,10 +229,3 @@ def derive_finetune(cfg: FinetuneConfig, *, world_size: int, train_items: int) -
                           warmup_epochs=cfg.optim.warmup_epochs),
         train=cfg.train)
     return derive(view, world_size=world_size, dataset_sizes={cfg.data.modality: train_items})
-
-
-def to_dict(cfg: FinetuneConfig) -> dict[str, Any]:
-    """The config as plain data, without storage options (they may hold credentials)."""
-    out = dataclasses.asdict(cfg)
-    out["data"]["storage_options"] = {k: "<hidden>" for k in cfg.data.storage_options}
-    return out
