@@ -4,6 +4,9 @@
     omnimae-data synth image ROOT --train 40 --val 10
     omnimae-data synth demo ROOT
     omnimae-data index ROOT --layout auto --split train [--out PATH] [--base-url s3://bucket/ssv2]
+    omnimae-data index ROOT --layout flat      # a folder of unlabelled videos or images
+
+Errors (a usage error, a folder with nothing indexable) are one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import argparse
 import os
 import sys
 
+from collections import Counter
+
 from loaders import manifest, synthetic
+from loaders.errors import LoaderError
 
 PROG = "omnimae-data"
 
@@ -105,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("root", metavar="ROOT", help="dataset folder")
     index.add_argument("--layout", choices=manifest.LAYOUTS, default="auto",
                        help="folder layout (default auto: ssv2 if a labels json is found, "
-                            "imagenet if train/ or val/ exists, else class folders)")
+                            "flat (unlabelled) if the folder holds media files but no class "
+                            "folders, imagenet if train/ or val/ exists, else class folders)")
     index.add_argument("--split", choices=("train", "val", "validation", "test"),
                        default="train", help="split to index; val = validation (default train)")
     index.add_argument("--out", default=None,
@@ -164,8 +171,11 @@ def _index(args) -> None:
     if len(result.skipped) > 20:
         print(f"... and {len(result.skipped) - 20} more skipped", file=sys.stderr)
     m = result.manifest
-    print(f"{len(m)} entries, {m.num_classes} classes, {len(result.skipped)} skipped "
-          f"({result.layout} layout) -> {out}")
+    labels = "unlabelled" if m.class_names is None and m.num_classes == 0 else \
+        f"{m.num_classes} classes"
+    codecs = ", ".join(f"{c} {n}" for c, n in Counter(e.codec for e in m).most_common())
+    print(f"{len(m)} entries, {labels}, {len(result.skipped)} skipped "
+          f"({result.layout} layout; {codecs}) -> {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             _synth(args)
         else:
             _index(args)
-    except (ValueError, OSError, RuntimeError) as error:
+    except (LoaderError, ValueError, OSError, RuntimeError) as error:
         message = " ".join(str(error).split())  # one line, whatever the exception held
         parser.exit(2, f"{PROG}: error: {message}\n")
     return 0

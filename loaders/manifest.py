@@ -1,9 +1,15 @@
 """Manifests: the list of samples a run trains on, one JSON object per line.
 
     {"class_names": ["Moving something up", ...]}                       optional header line
-    {"uri": "/data/ssv2/videos/1.webm", "label": 2, "num_frames": 48, "fps": 12.0, "duration": 4.0}
+    {"uri": "/data/ssv2/videos/1.webm", "label": 2, "num_frames": 48, "fps": 12.0, "duration": 4.0,
+     "codec": "vp9"}
     {"uri": "s3://bucket/imagenet/train/circle/circle_000001.JPEG", "label": 0, "num_frames": 1,
-     "fps": 0.0, "duration": 0.0}                                       an image
+     "fps": 0.0, "duration": 0.0, "codec": "jpeg"}                      an image
+    {"uri": "/data/clips/a.mp4", "label": -1, ...}                      unlabelled (flat layout)
+
+codec is FFmpeg's name for a video's stream ("vp9", "h264", ...) or PIL's for an image; it is
+optional (manifests written before it existed lack it), and lets the loader pick a decoder per
+item without opening the file.
 
 A uri is an absolute local path, a URL (s3://, gs://, http(s)://, anything fsspec opens) or a path
 relative to the manifest's own folder. Reading goes through fsspec, so a manifest can itself live
@@ -18,29 +24,34 @@ import json
 import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import av
 import fsspec
 from PIL import Image
 from tqdm import tqdm
 
+from loaders.errors import DataError
+from loaders.redact import redact
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 VIDEO_SUFFIXES = frozenset({".webm", ".mp4", ".mkv", ".avi", ".mov", ".m4v"})
-LAYOUTS = ("auto", "ssv2", "imagenet", "folder")
+LAYOUTS = ("auto", "ssv2", "imagenet", "folder", "flat")
 
 
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One sample. Images have num_frames=1, fps=0, duration=0; label -1 means unknown."""
+    """One sample. Images have num_frames=1, fps=0, duration=0; label -1 means unknown.
+    codec: the stream's codec ("vp9", "h264", "jpeg", ...), None where the manifest predates it."""
 
     uri: str
     label: int
     num_frames: int
     fps: float
     duration: float
+    codec: str | None = None
 
     @property
     def is_image(self) -> bool:
@@ -69,7 +80,17 @@ class ManifestEntry:
             raise ValueError(f"label must be >= -1 (-1 = unknown), got {label}")
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        return cls(uri, label, num_frames, float(fps), float(duration))
+        codec = d.get("codec")
+        if codec is not None and (not isinstance(codec, str) or not codec):
+            raise ValueError(f"codec must be a non-empty string, got {codec!r}")
+        return cls(uri, label, num_frames, float(fps), float(duration), codec)
+
+    def to_dict(self) -> dict:
+        """The JSON object of one manifest line (no codec key where it is unknown)."""
+        d = asdict(self)
+        if d["codec"] is None:
+            del d["codec"]
+        return d
 
 
 @dataclass
@@ -151,8 +172,7 @@ def read_manifest(path_or_url: str | os.PathLike, *, storage_options: dict | Non
             except ValueError as error:  # json.JSONDecodeError is a ValueError
                 raise ValueError(f"{path}:{number}: {error}") from None
             if resolve_relative:
-                entry = ManifestEntry(_resolve(entry.uri, base), entry.label, entry.num_frames,
-                                      entry.fps, entry.duration)
+                entry = replace(entry, uri=_resolve(entry.uri, base))
             entries.append(entry)
     return Manifest(entries, class_names)
 
@@ -170,7 +190,7 @@ def write_manifest(entries: Manifest | Iterable[ManifestEntry], path: str | os.P
     lines = []
     if class_names is not None:
         lines.append(json.dumps({"class_names": list(class_names)}))
-    lines.extend(json.dumps(asdict(e)) for e in entries)
+    lines.extend(json.dumps(e.to_dict()) for e in entries)
     text = "\n".join(lines) + "\n"
     path = os.fspath(path)
     if _has_scheme(path) and not path.startswith("file://"):
@@ -190,16 +210,28 @@ def write_manifest(entries: Manifest | Iterable[ManifestEntry], path: str | os.P
 # ---------------------------------------------------------------------------------------------
 
 
-def probe_video(source: str | os.PathLike | bytes | bytearray | memoryview,
-                storage_options: dict | None = None) -> tuple[int, float, float]:
-    """(num_frames, fps, duration in seconds) of the first video stream, without decoding.
+class VideoInfo(NamedTuple):
+    """What indexing knows of a video: frames it decoded, their rate, duration, codec."""
 
-    MP4 stores the frame count (stream.frames); WebM/Matroska does not (0), and duration x fps
-    can be off by one where timestamps are rounded (WebM's are in milliseconds) or the last
-    frame's duration is unknown. So when the container has no count, we demux every packet of the
-    stream (reading the file, decoding nothing) and count those with data: VP8/VP9 encoders pack
-    hidden alt-ref frames into the next shown frame's packet, so packets = shown frames. Duration
-    is the container's or the stream's, else num_frames / fps.
+    num_frames: int
+    fps: float
+    duration: float  # num_frames / fps: what can be decoded, not what the header claims
+    codec: str  # FFmpeg's name: "vp9", "h264", ...
+
+
+# FFmpeg opens a still image as a one-stream "video" through these demuxers (an image named .webm).
+_IMAGE_DEMUXERS = ("image2", "_pipe")
+
+
+def probe_video(source: str | os.PathLike | bytes | bytearray | memoryview,
+                storage_options: dict | None = None) -> VideoInfo:
+    """Decode every frame of the first video stream and describe what decoded.
+
+    Frames are counted as the decoders count them (loaders.decode: presentation order, frames
+    with a negative timestamp skipped), so a manifest never promises a frame the loader cannot
+    get: a truncated file counts the frames before the cut, whatever its header's duration says.
+    Raises ValueError (one line) for what is not a video: no video stream (audio only), an image
+    (FFmpeg's image demuxers), fewer than 2 decodable frames, a decode error, no frame rate.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         file = io.BytesIO(bytes(source))
@@ -212,30 +244,41 @@ def probe_video(source: str | os.PathLike | bytes | bytearray | memoryview,
             if not container.streams.video:
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
+            codec = stream.codec_context.codec.canonical_name
+            demuxer = container.format.name
+            if demuxer.endswith(_IMAGE_DEMUXERS):
+                raise ValueError(f"not a video: an image ({codec}, read by FFmpeg's {demuxer})")
+            stream.thread_type = "AUTO"
+            count, first_pts, last_pts = 0, None, None
+            try:
+                for frame in container.decode(stream):
+                    if frame.pts is not None and frame.pts < 0:
+                        continue  # not shown; the decoders skip it too
+                    if frame.pts is not None:
+                        first_pts = frame.pts if first_pts is None else first_pts
+                        last_pts = frame.pts
+                    count += 1
+            except av.error.FFmpegError as error:
+                raise ValueError(f"decode failed after {count} frames: {error}") from None
+            if count < 2:
+                raise ValueError(f"{count} decodable frame{'s' * (count != 1)}; "
+                                 "a video needs at least 2")
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
-            num_frames = int(stream.frames or 0)
-            duration = 0.0
-            if stream.duration and stream.time_base:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration:
-                duration = container.duration / 1e6  # AV_TIME_BASE: microseconds
-            if num_frames <= 0:
-                num_frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
-            if num_frames <= 0:
-                raise ValueError("no video frames")
-            if fps <= 0 and duration > 0:
-                fps = num_frames / duration
-            if duration <= 0 and fps > 0:
-                duration = num_frames / fps
-            return num_frames, fps, duration
+            if fps <= 0 and stream.time_base and last_pts is not None and last_pts > first_pts:
+                fps = (count - 1) / float((last_pts - first_pts) * stream.time_base)
+            if fps <= 0:
+                raise ValueError("no frame rate")
+            return VideoInfo(count, fps, count / fps, codec)
     finally:
         file.close()
 
 
-def _check_image(path: str) -> None:
+def _check_image(path: str) -> str:
+    """The image's format ("jpeg", "png", ...); raises if PIL cannot parse it."""
     with Image.open(path) as image:
         image.verify()  # parses headers and structure without decoding every pixel
+        return (image.format or "unknown").lower()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,8 +319,13 @@ def _normalize_split(split: str) -> str:
 
 
 def _detect_layout(root: Path, split: str) -> str:
+    """ssv2 if a labels json is found; flat if the split's folder (or root) holds media files
+    and no class folders; imagenet if train/ or val/ exists; else folder."""
     if _ssv2_files(root, split)[0] is not None:  # a labels json
         return "ssv2"
+    base = _split_folder(root, split) or root
+    if not _class_folders(base) and _media_files(base):
+        return "flat"
     if any((root / d).is_dir() for d in ("train", "val", "validation")):
         return "imagenet"
     return "folder"
@@ -334,12 +382,18 @@ def _ssv2_items(root: Path, split: str) -> tuple[list[tuple[Path, int]], list[st
 _SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation"), "test": ("test",)}
 
 
+def _split_folder(root: Path, split: str) -> Path | None:
+    return _first_existing(root / n for n in _SPLIT_FOLDERS[split] if (root / n).is_dir())
+
+
 def _folder_items(root: Path, split: str, layout: str) -> tuple[list[tuple[Path, int]],
-                                                                list[str]]:
-    names = _SPLIT_FOLDERS[split]
-    base = _first_existing(root / n for n in names if (root / n).is_dir())
+                                                                list[str] | None]:
+    base = _split_folder(root, split)
+    if layout == "flat":  # unlabelled (pretraining): every media file below, label -1
+        return [(p, -1) for p in _media_files(base or root)], None
     if layout == "imagenet":
         if base is None:
+            names = _SPLIT_FOLDERS[split]
             raise ValueError(f"{root}: no {' or '.join(names)} folder for split {split!r}")
         # Class indices come from train's folders when present, so val labels match train's.
         class_names = _class_folders(root / "train" if (root / "train").is_dir() else base)
@@ -347,7 +401,7 @@ def _folder_items(root: Path, split: str, layout: str) -> tuple[list[tuple[Path,
         base = base or root
         class_names = _class_folders(base)
     if not class_names:
-        raise ValueError(f"{base}: no class folders")
+        raise ValueError(f"{base}: no class folders (--layout flat indexes unlabelled files)")
     items = []
     for label, name in enumerate(class_names):
         folder = base / name
@@ -360,10 +414,9 @@ def _folder_items(root: Path, split: str, layout: str) -> tuple[list[tuple[Path,
 def _probe_entry(path: Path, label: int, uri: str) -> ManifestEntry | tuple[str, str]:
     try:
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            _check_image(str(path))
-            return ManifestEntry(uri, label, 1, 0.0, 0.0)
-        num_frames, fps, duration = probe_video(path)
-        return ManifestEntry(uri, label, num_frames, fps, duration)
+            return ManifestEntry(uri, label, 1, 0.0, 0.0, _check_image(str(path)))
+        info = probe_video(path)
+        return ManifestEntry(uri, label, info.num_frames, info.fps, info.duration, info.codec)
     except Exception as error:  # any unreadable file is reported, never fatal
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return uri, f"{type(error).__name__}: {reason}"
@@ -380,11 +433,16 @@ def index_folder(root: str | os.PathLike, layout: str = "auto", split: str = "tr
                 in videos/ or 20bn-something-something-v2/; labels from the templates
       imagenet  <split>/<class>/<image>; class indices are the sorted folder names of train/
       folder    <class>/<image or video> under <root>/<split> if it exists, else under <root>
-      auto      ssv2 if a labels json is found, imagenet if train/ or val/ exists, else folder
+      flat      every image or video below <root>/<split> if it exists, else below <root>,
+                unlabelled (label -1, no class names): pretraining data
+      auto      ssv2 if a labels json is found; flat if that folder holds media files and no
+                class folders; imagenet if train/ or val/ exists; else folder
     split: train, val (= validation) or test. uris are absolute local paths; with base_url they
     are base_url + the path below root (point a manifest at a copy in s3://bucket/...); with
-    relative they are relative to the manifest's folder (`out`'s, else root). Unreadable files
-    go to `skipped` as (uri, reason); they never stop the run. `out` writes the manifest there.
+    relative they are relative to the manifest's folder (`out`'s, else root). Files that are not
+    what their suffix says (see probe_video: an image named .mp4, one frame, audio only, a decode
+    error) go to `skipped` as (uri, reason); raises DataError when nothing is left to write.
+    `out` writes the manifest there.
     Files are probed by `workers` threads (probing is mostly reading, and PyAV releases the GIL).
     """
     root = Path(root)
@@ -417,6 +475,10 @@ def index_folder(root: str | os.PathLike, layout: str = "auto", split: str = "tr
                             desc=f"index {split}", unit="file", disable=not progress))
     entries = [r for r in results if isinstance(r, ManifestEntry)]
     skipped.extend(r for r in results if not isinstance(r, ManifestEntry))
+    if not entries:  # refuse to write an empty manifest a run would only fail on later
+        first = f"; first: {redact(skipped[0][0])}: {skipped[0][1]}" if skipped else ""
+        raise DataError(f"{redact(str(root))}: nothing to index for split {split!r} ({layout} "
+                        f"layout): {len(skipped)} file{'s' * (len(skipped) != 1)} skipped{first}")
     manifest = Manifest(entries, class_names)
     written = write_manifest(manifest, out) if out is not None else None
     return IndexResult(manifest, skipped, layout, written)

@@ -6,7 +6,11 @@ flips, masks) comes from generators seeded by (seed, rank, batch number), and th
 an epoch-seeded sampler, so a loader restored from `state_dict()` yields the same next batches.
 
 Items that cannot be read or decoded are replaced by the next items of the epoch, counted, and
-logged with their uri and reason; nothing stalls and nothing crashes.
+logged with their uri and reason; nothing stalls and nothing crashes. A damaged item (a decode
+failure, a permanent read failure) is remembered for the run in `bad`, which is part of the
+state: later epochs skip it without fetching it, so it is counted and logged once. A transient
+read failure ("(transient, ..." from the reader) may clear and is not remembered. A run without
+bad items gets the same batches as before; a data set with nothing readable raises DataError.
 
 Two stages run at once (`decode_ahead=1`, the default): a thread of the loader reads and decodes
 batch k+1 (stage 1) while the caller assembles batch k on the device (stage 2), so the decoder's
@@ -30,6 +34,7 @@ from torch.profiler import record_function
 
 from loaders.augment import assemble_batch, check_interpolation
 from loaders.batch import IMAGE, VIDEO, Batch
+from loaders.errors import DataError
 from loaders.frames import sample_frame_indices
 from loaders.manifest import Manifest
 from loaders.redact import redact
@@ -159,8 +164,9 @@ class _ItemLoader:
         self.reader = reader or AsyncReader(max_in_flight=max_in_flight, storage_options=storage_options)
         self._stream: Iterator | None = None
         self.batches = 0  # batches built so far: seeds the randomness of the next one
-        self.failures = 0
+        self.failures = 0  # distinct damaged items, plus each transient read failure
         self.failure_log: list[tuple[str, str]] = []  # (uri, reason), the latest ones
+        self.bad: set[int] = set()  # manifest indices of damaged items: skipped from now on
         self.items = 0  # items read and handed to the decoder (B / t per batch when none fail)
         self.decoded = 0  # items that decoded into a clip
         self._consecutive_failures = 0  # read or decode failures since the last good item
@@ -172,10 +178,20 @@ class _ItemLoader:
     # ---- the read stream ---------------------------------------------------------------------
 
     def _keyed_indices(self):
-        """Sampler indices keyed by the sampler state *after* taking them (the resume point)."""
+        """Sampler indices keyed by the sampler state *after* taking them (the resume point),
+        without the items known to be bad (the sampler still steps over them, so positions and
+        the resume point are those of a run that reads them)."""
         it = iter(self.sampler)
+        skipped = 0  # bad indices in a row; 2 epochs' worth hold one whole epoch
         while True:
             index = next(it)
+            if index in self.bad:
+                skipped += 1
+                if skipped > 2 * len(self.sampler):
+                    raise DataError(f"every {self.modality} item of this rank's epoch failed to read or decode "
+                                    f"({len(self.bad)} of {len(self.manifest)} items; see the log for each)")
+                continue
+            skipped = 0
             yield (self.sampler.state_dict(), index), self.manifest[index].uri
 
     def _next_reads(self, n: int) -> tuple[list, float]:
@@ -189,22 +205,28 @@ class _ItemLoader:
             waited += time.perf_counter() - t0
             state, index = result.key
             self._resume_state = state
+            if index in self.bad:  # found bad after this read was sent (an epoch shorter than the read-ahead)
+                continue
             if result.ok and result.data:
                 out.append((index, result.data))
                 continue
-            self._count_failure(result.uri, result.error or "empty file")
+            self._item_failed(index, result.error or "empty file")
         return out, waited
 
-    def _count_failure(self, uri: str, reason: str) -> None:
-        """Count and log one skipped item; raise once MAX_CONSECUTIVE_FAILURES items in a row
-        failed (reads and decodes alike: a data set of only corrupt files must not spin forever)."""
+    def _item_failed(self, index: int, reason: str) -> None:
+        """Count and log one failed item, remember it unless the failure may clear (a transient
+        read failure); raise once MAX_CONSECUTIVE_FAILURES items in a row failed (reads and
+        decodes alike: a data set of only corrupt files must not spin forever)."""
+        uri = redact(self.manifest[index].uri)
+        if "(transient," not in reason:
+            self.bad.add(index)
         self.failures += 1
         self._consecutive_failures += 1
-        self.failure_log = (self.failure_log + [(redact(uri), reason)])[-100:]
-        log.warning("skipped %s item %s: %s (%d skipped so far)", self.modality, redact(uri), reason, self.failures)
+        self.failure_log = (self.failure_log + [(uri, reason)])[-100:]
+        log.warning("skipped %s item %s: %s (%d skipped so far)", self.modality, uri, reason, self.failures)
         if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-            raise RuntimeError(f"{self._consecutive_failures} {self.modality} items in a row could not be read "
-                               f"or decoded; last: {redact(uri)}: {reason}")
+            raise DataError(f"{self._consecutive_failures} {self.modality} items in a row could not be read "
+                            f"or decoded; last: {uri}: {reason}")
 
     # ---- a batch -----------------------------------------------------------------------------
 
@@ -242,7 +264,7 @@ class _ItemLoader:
                     self._consecutive_failures = 0
             for position, reason in output.failures:
                 stats["skipped"] += 1
-                self._count_failure(self.manifest[items[position][0]].uri, reason)
+                self._item_failed(items[position][0], reason)
         self.batches += 1
         return _Decoded(clips, labels, gen, stats, self._live_state())
 
@@ -281,7 +303,7 @@ class _ItemLoader:
         """The position after the last batch read (reads in flight beyond it are not counted)."""
         sampler_state = getattr(self, "_resume_state", None) or self.sampler.state_dict()
         return {"sampler": sampler_state, "batches": self.batches, "failures": self.failures,
-                "items": self.items, "decoded": self.decoded}
+                "items": self.items, "decoded": self.decoded, "bad": sorted(self.bad)}
 
     def state_dict(self) -> dict:
         """The position after the last batch handed out (not counting the one decoded ahead)."""
@@ -297,6 +319,7 @@ class _ItemLoader:
         self.failures = int(state["failures"])
         self.items = int(state.get("items", 0))
         self.decoded = int(state.get("decoded", 0))
+        self.bad = {int(i) for i in state.get("bad", ())}  # absent in states saved before it existed
 
     def stats(self) -> dict:
         """Work done so far, the batch being decoded ahead included."""
@@ -346,7 +369,8 @@ class VideoLoader(_ItemLoader):
             entry = self.manifest[index]
             indices.append(sample_frame_indices(entry.num_frames, entry.fps, num_frames=self.num_frames,
                                                 window_s=self.window_s, rng=rng))
-        return self.decoder.decode([data for _, data in items], indices)
+        codecs = [self.manifest[index].codec for index, _ in items]  # None: the decoder reads it
+        return self.decoder.decode([data for _, data in items], indices, codecs=codecs)
 
 
 class ImageLoader(_ItemLoader):
@@ -365,7 +389,10 @@ class ImageLoader(_ItemLoader):
 
 
 def guess_codec(manifest: Manifest) -> str:
-    """The container suggests the codec (SSv2's .webm is VP9; .mp4 is usually H.264)."""
+    """The first entry's codec: the manifest's, else what the container suggests (SSv2's .webm is
+    VP9; .mp4 is usually H.264). Only the backend choice starts from it: decoding is per item."""
+    if manifest[0].codec:
+        return manifest[0].codec
     uri = manifest[0].uri.lower().split("?")[0]
     if uri.endswith(".webm") or uri.endswith(".mkv"):
         return "vp9"

@@ -2,12 +2,15 @@
 
 Every video decoder has the same interface:
 
-    decoder.decode(datas: list[bytes], indices: list[array of int]) -> DecodeOutput
+    decoder.decode(datas: list[bytes], indices: list[array of int], codecs=None) -> DecodeOutput
         clips: per item a uint8 tensor [T, H, W, 3] (channels last, short side resized) on the
         decoder's device, or None where the item failed; failures: [(position, reason)].
+        codecs: per item FFmpeg's codec name (the manifest's) or None; DALI routes by it.
 
 and all of them return the same frames for the same indices (see pyav.py and dali.py for how).
-`make_video_decoder` picks the backend (auto: PyAV, measured fastest; see AUTO_REASON).
+`make_video_decoder` picks the backend (auto: PyAV, measured fastest; see AUTO_REASON). DALI is
+wrapped in a RoutedDecoder (routed.py): items of a codec DALI cannot decode here (H.264 without
+NVDEC) go to PyAV, one log line says so, none is dropped.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ def choose_backend(backend: str, codec: str | None, device: torch.device) -> tup
     """(backend, DALI device or None, why) for `codec` on `device`.
 
     auto: PyAV (see AUTO_REASON); DALI only where PyAV does not import (mixed on a GPU, cpu for
-    VP8/VP9/MJPEG). dali: mixed (NVDEC) on a GPU, DALI's CPU decoder otherwise. codec None /
-    "unknown" counts as one DALI mixed takes (the probe rejects others per item).
+    VP8/VP9/MJPEG). dali: mixed (NVDEC) on a GPU, DALI's CPU decoder otherwise, with PyAV for the
+    items of other codecs (make_video_decoder's RoutedDecoder). codec: the manifest's first (the
+    choice is per item in any case); None / "unknown" counts as one DALI mixed takes.
     """
     if backend not in BACKENDS:
         raise ValueError(f"decode backend must be one of {BACKENDS}, got {backend!r}")
@@ -80,8 +84,11 @@ def choose_backend(backend: str, codec: str | None, device: torch.device) -> tup
     if on_gpu and (not known or codec in DALI_MIXED_CODECS):
         return "dali", "mixed", f"{why}; NVDEC on the GPU"
     if known and codec not in DALI_CPU_CODECS:
-        raise ValueError(f"DALI's CPU decoder cannot decode {codec} (takes "
-                         f"{', '.join(sorted(DALI_CPU_CODECS))}); use backend 'pyav' or a GPU")
+        if pyav_import_error() is not None:  # no PyAV to decode those items
+            raise ValueError(f"DALI's CPU decoder cannot decode {codec} (takes "
+                             f"{', '.join(sorted(DALI_CPU_CODECS))}) and PyAV does not import; "
+                             "install PyAV or use a GPU")
+        return "dali", "cpu", f"{why}; DALI's CPU decoder, {codec} items with PyAV (no NVDEC here)"
     return "dali", "cpu", f"{why}; DALI's CPU decoder"
 
 
@@ -95,19 +102,26 @@ def make_video_decoder(backend: str = "auto", *, codec: str | None = None,
     """
     device = torch.device(device)
     name, dali_device, why = choose_backend(backend, codec, device)
+
+    def make_pyav():
+        from loaders.decode.pyav import PyAVDecoder  # here: DALI alone works without PyAV
+
+        return PyAVDecoder(threads, short_side=short_side, device=device)
+
     if name == "dali":
         from loaders.decode.dali import DALIVideoDecoder
+        from loaders.decode.routed import RoutedDecoder
 
         device_id = (device.index if device.index is not None else torch.cuda.current_device()) \
             if dali_device == "mixed" else None
-        decoder = DALIVideoDecoder(batch_size, device=dali_device, device_id=device_id,
-                                   num_threads=threads, short_side=short_side, num_frames=num_frames,
-                                   pipelines=pipelines)
+        dali = DALIVideoDecoder(batch_size, device=dali_device, device_id=device_id,
+                                num_threads=threads, short_side=short_side, num_frames=num_frames,
+                                pipelines=pipelines)
+        what = "DALI's CPU decoder (no NVDEC without a GPU)" if dali_device == "cpu" else "DALI (NVDEC)"
+        decoder = RoutedDecoder(dali, dali.codecs, make_pyav, what)
         label = f"dali-{dali_device}"
     else:
-        from loaders.decode.pyav import PyAVDecoder
-
-        decoder = PyAVDecoder(threads, short_side=short_side, device=device)
+        decoder = make_pyav()
         label = "pyav"
     log.info("video decoder: %s (codec %s, device %s): %s", label, codec or "unknown", device, why)
     return decoder

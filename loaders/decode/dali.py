@@ -25,6 +25,10 @@ frame count) and only good ones are fed. If DALI still raises (a corrupt bitstre
 see), the pipeline is rebuilt and the batch's items are decoded one at a time to isolate the bad
 one. Failures come back as (position, reason); nothing raises out of `decode`.
 
+FFmpeg's own log lines (`[matroska,webm @ 0x...] File ended prematurely`) name no file, and the
+item's failure reason already says what went wrong, with its uri, in the loader's log: they are
+silenced (`silence_ffmpeg_log`).
+
 Outputs reach torch without a copy through DLPack (`torch.from_dlpack` on each sample): with
 DALI's dynamic executor (the default) an output buffer lives as long as the tensor that views it.
 The fed numpy buffers are views of the caller's bytes (`no_copy=True`); the slot keeps them
@@ -33,8 +37,12 @@ referenced until its next run, after the outputs are consumed.
 
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -44,6 +52,29 @@ from loaders.decode.validate import probe_video
 
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 DALI_MIXED_CODECS = frozenset({"vp8", "vp9", "mjpeg", "h264", "hevc", "av1", "mpeg4"})
+
+
+@lru_cache(maxsize=1)
+def silence_ffmpeg_log() -> bool:
+    """Send the log lines of DALI's own FFmpeg (bundled in nvidia/dali/.libs) nowhere; True if done.
+
+    DALI sets that libavutil's log level itself while it decodes, so the level cannot be lowered;
+    the callback can. The callback installed is `av_log_get_level`: a C function that only reads
+    an int, so calling it with av_log's four arguments does nothing (the C calling convention lets
+    a callee ignore arguments) and no decode thread ever enters Python for a log line. PyAV's
+    FFmpeg (a separate copy) logs nowhere by default since PyAV 13.
+    """
+    import nvidia.dali
+
+    libs = glob.glob(os.path.join(os.path.dirname(nvidia.dali.__file__), ".libs", "libavutil*.so*"))
+    if not libs:
+        return False
+    try:
+        libavutil = ctypes.CDLL(libs[0])  # the copy DALI loaded: same soname, same handle
+        libavutil.av_log_set_callback(ctypes.cast(libavutil.av_log_get_level, ctypes.c_void_p))
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def build_pipeline(*, batch_size: int, device: str, device_id: int | None, num_threads: int,
@@ -134,6 +165,7 @@ class DALIVideoDecoder:
                                   bytes_per_sample_hint=num_frames * (short_side or 0) * long_side * 3)
 
         self._slots = [_Slot(make_pipeline, f"dali{k}") for k in range(pipelines)]
+        silence_ffmpeg_log()
         self._probe_pool = ThreadPoolExecutor(probe_threads or num_threads, thread_name_prefix="probe")
         self._lock = threading.Lock()
         self._next = 0
@@ -197,8 +229,10 @@ class DALIVideoDecoder:
 
     # -- the public interface ---------------------------------------------------------------------
 
-    def decode(self, datas: list, indices: list) -> DecodeOutput:
-        """Decode a batch: clips uint8 [T, H, W, 3] on `self.device`, per-item failures reported."""
+    def decode(self, datas: list, indices: list, codecs: list | None = None) -> DecodeOutput:
+        """Decode a batch: clips uint8 [T, H, W, 3] on `self.device`, per-item failures reported.
+        codecs (per item) is not needed: the probe rejects a codec DALI does not take (routed.py
+        sends those to PyAV)."""
         check_inputs(datas, indices)
         starts = list(range(0, len(datas), self.batch_size))
         with self._lock:  # round robin over the slots, continued across calls

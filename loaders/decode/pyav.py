@@ -139,8 +139,9 @@ class PyAVDecoder:
         except Exception as error:  # noqa: BLE001 - one bad item never breaks the batch
             return None, short_reason(error)
 
-    def decode(self, datas: list, indices: list) -> DecodeOutput:
-        """Decode a batch: clips uint8 [T, H, W, 3] on `device`, per-item failures reported."""
+    def decode(self, datas: list, indices: list, codecs: list | None = None) -> DecodeOutput:
+        """Decode a batch: clips uint8 [T, H, W, 3] on `device`, per-item failures reported.
+        codecs (per item) is not needed: FFmpeg reads each item's codec from its bytes."""
         check_inputs(datas, indices)
         if self._pool is None or len(datas) == 1:
             results = [self._decode_item(d, i) for d, i in zip(datas, indices)]

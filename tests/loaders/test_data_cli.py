@@ -26,7 +26,7 @@ def test_synth_video_then_index(tmp_path, capsys):
 
     assert main(["index", str(root), "--split", "validation", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert out.strip() == (f"2 entries, 10 classes, 0 skipped (ssv2 layout) -> "
+    assert out.strip() == (f"2 entries, 10 classes, 0 skipped (ssv2 layout; vp9 2) -> "
                            f"{root / 'manifest_val.jsonl'}")
     manifest = read_manifest(root / "manifest_val.jsonl")
     assert [e.num_frames for e in manifest] == [24, 24]
@@ -51,7 +51,7 @@ def test_synth_image_then_index_val(tmp_path, capsys):
           "--max-size", "32", "--workers", "2", "--no-progress"])
     capsys.readouterr()
     main(["index", str(root), "--split", "val", "--relative", "--no-progress"])
-    assert "16 entries, 8 classes, 0 skipped (imagenet layout)" in capsys.readouterr().out
+    assert "16 entries, 8 classes, 0 skipped (imagenet layout; jpeg 16)" in capsys.readouterr().out
     assert json.loads((root / "manifest_val.jsonl").read_text().splitlines()[1])["uri"] \
         .startswith("val/")
 
@@ -94,3 +94,23 @@ def test_synth_demo_twice(tmp_path, capsys, monkeypatch):
 ])
 def test_errors_are_one_line_and_exit_2(capsys, argv, message):
     assert message in run_error(capsys, argv)
+
+
+def test_index_flat_folder_and_all_bad_folder(tmp_path, capsys):
+    src = tmp_path / "src"
+    main(["synth", "video", str(src), "--train", "2", "--val", "0", "--height", "32",
+          "--min-s", "2", "--max-s", "2", "--no-progress"])
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for video in (src / "videos").iterdir():
+        (flat / video.name).write_bytes(video.read_bytes())
+    capsys.readouterr()
+    assert main(["index", str(flat), "--no-progress"]) == 0
+    assert "2 entries, unlabelled, 0 skipped (flat layout; vp9 2)" in capsys.readouterr().out
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.webm").write_bytes(b"\x00" * 100)
+    err = run_error(capsys, ["index", str(bad), "--no-progress"])
+    assert "nothing to index for split 'train' (flat layout): 1 file skipped" in err
+    assert not (bad / "manifest_train.jsonl").exists()

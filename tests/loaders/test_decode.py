@@ -222,8 +222,9 @@ def test_backend_choice(monkeypatch):
     assert choose_backend("dali", "h264", GPU)[:2] == ("dali", "mixed")
     assert choose_backend("dali", "vp9", GPU)[:2] == ("dali", "mixed")
     assert choose_backend("dali", "vp9", CPU)[:2] == ("dali", "cpu")
-    with pytest.raises(ValueError, match="h264"):
-        choose_backend("dali", "h264", CPU)
+    # H.264 without NVDEC: DALI's CPU decoder still, its H.264 items go to PyAV (routed.py).
+    name, dali_device, why = choose_backend("dali", "h264", CPU)
+    assert (name, dali_device) == ("dali", "cpu") and "h264 items with PyAV" in why
     with pytest.raises(ValueError, match="backend"):
         choose_backend("ffmpeg", "vp9", CPU)
     # Without PyAV, auto falls back to DALI: NVDEC on a GPU, its CPU decoder for the codecs it takes.
@@ -255,11 +256,42 @@ def test_make_video_decoder_gives_dali_cpu_for_vp9(vp9, caplog):
     with caplog.at_level(logging.INFO, logger="loaders.decode"):
         decoder = make_video_decoder("dali", codec="vp9", device="cpu", batch_size=4, threads=1,
                                      short_side=None)
-    assert decoder.name == "dali" and decoder.dali_device == "cpu"
+    assert decoder.name == "dali" and decoder.dali.dali_device == "cpu"
     assert "dali-cpu" in caplog.records[-1].getMessage()
     out = decoder.decode([vp9], [[6, 7]])
     assert read_codes(out.clips[0]) == [6, 7]
     decoder.close()
+
+
+@needs_dali
+@pytest.mark.parametrize("given", [True, False])
+def test_dali_routes_what_it_cannot_decode_to_pyav_per_item(vp9, h264, given, caplog):
+    codecs = ["h264", "vp9", "h264", "vp9"] if given else None  # None: read from the bytes
+    with caplog.at_level(logging.INFO, logger="loaders.decode"):
+        decoder = make_video_decoder("dali", codec="vp9", device="cpu", batch_size=4, threads=1,
+                                     short_side=None)
+        try:
+            for _ in range(2):
+                out = decoder.decode([h264, vp9, h264, vp9], [[3, 4], [5], [6], [7, 7]], codecs=codecs)
+                assert out.failures == []
+                assert [read_codes(c) for c in out.clips] == [[3, 4], [5], [6], [7, 7]]
+            assert decoder.fallback is not None and decoder.rerouted == {"h264"}
+        finally:
+            decoder.close()
+    routed = [r.getMessage() for r in caplog.records if "decoded with PyAV" in r.getMessage()]
+    assert len(routed) == 1 and "DALI's CPU decoder (no NVDEC without a GPU) cannot decode h264" in routed[0]
+
+
+@needs_dali
+def test_dali_ffmpeg_lines_are_silenced(vp9, capfd):
+    # DALI's own FFmpeg prints "[matroska,webm @ 0x...] File ended prematurely" (no file name) for
+    # a truncated file whose first frames the probe accepts; the item's reason is the loader's.
+    with dali_cpu(short_side=None) as decoder:
+        capfd.readouterr()
+        for _ in range(2):
+            out = decoder.decode([vp9[: len(vp9) // 2], vp9], [[0, 1], [2]])
+    assert out.failures == []
+    assert "File ended prematurely" not in capfd.readouterr().err
 
 
 # ---- images ---------------------------------------------------------------------------------

@@ -99,12 +99,11 @@ def test_probe_counts_frames_exactly(tmp_path, codec, suffix, count, fps):
     path = tmp_path / f"clip{suffix}"
     assert encode_video(frames_of(count), path, fps, codec) == count
     assert decoded_count(path) == count
-    num_frames, probed_fps, duration = probe_video(path)
-    assert num_frames == count
+    num_frames, probed_fps, duration, found = probe_video(path)
+    assert num_frames == count and found == codec
     assert probed_fps == pytest.approx(fps, rel=1e-3)
-    # WebM stores milliseconds: the duration may be truncated, never by a whole frame.
-    assert duration == pytest.approx(count / fps, abs=2e-3)
-    assert probe_video(path.read_bytes()) == (num_frames, probed_fps, duration)
+    assert duration == pytest.approx(count / fps, rel=1e-3)  # from the frames, not the header
+    assert probe_video(path.read_bytes()) == (num_frames, probed_fps, duration, codec)
 
 
 def test_probe_reads_fsspec_urls(tmp_path):
@@ -118,12 +117,24 @@ def test_probe_reads_fsspec_urls(tmp_path):
 def test_probe_rejects_garbage_and_images(tmp_path):
     with pytest.raises(av.error.InvalidDataError):
         probe_video(b"\x1aE\xdf\xa3 definitely not a video" * 10)
-    image = tmp_path / "a.png"
     from PIL import Image
-    Image.new("RGB", (8, 8)).save(image)
-    # PyAV opens a PNG as a one-frame "video" via the image2 demuxer; what matters is that it
-    # never crashes or hangs, and index_folder treats images by suffix anyway.
-    assert probe_video(image)[0] == 1
+    for name, fmt in (("a.png", "PNG"), ("a.webm", "JPEG")):
+        Image.new("RGB", (8, 8)).save(tmp_path / name, format=fmt)
+        # FFmpeg opens a still image as a one-frame "video" through its image demuxers.
+        with pytest.raises(ValueError, match="not a video: an image"):
+            probe_video(tmp_path / name)
+
+
+def test_probe_counts_the_frames_of_a_truncated_file_not_its_header(tmp_path):
+    path = tmp_path / "clip.webm"
+    encode_video(frames_of(30), path, 12)
+    data = path.read_bytes()
+    (tmp_path / "cut.webm").write_bytes(data[: len(data) // 2])
+    with av.open(str(tmp_path / "cut.webm")) as container:
+        assert container.duration / 1e6 == pytest.approx(2.5, abs=0.01)  # the header still says 30
+    info = probe_video(tmp_path / "cut.webm")
+    assert 2 <= info.num_frames < 30 and info.num_frames == decoded_count(tmp_path / "cut.webm")
+    assert info.duration == pytest.approx(info.num_frames / 12)
 
 
 # --- indexing ----------------------------------------------------------------------------------
@@ -234,3 +245,91 @@ def test_index_errors_name_the_problem(datasets, tmp_path):
         index_folder(datasets / "imagenet", layout="imagenet", split="test")
     with pytest.raises(ValueError, match="not an SSv2 layout"):
         index_folder(datasets / "imagenet", layout="ssv2")
+
+
+def write_audio_only(path):
+    """An .mp4 with one AAC stream and no video."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        samples = np.zeros((1, 8000), np.float32)  # [channels, samples]: 1 s of silence
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_index_skips_what_is_not_a_video_and_records_codecs(datasets, tmp_path):
+    from PIL import Image
+    root = tmp_path / "classes"
+    (root / "a").mkdir(parents=True)
+    shutil.copy(datasets / "ssv2" / "videos" / "1.webm", root / "a" / "good.webm")
+    shutil.copy(datasets / "ssv2_h264" / "videos" / "1.mp4", root / "a" / "good.mp4")
+    Image.new("RGB", (16, 16)).save(root / "a" / "photo.webm", format="JPEG")
+    Image.new("RGB", (16, 16)).save(root / "a" / "photo.mp4", format="PNG")
+    encode_video(frames_of(1), root / "a" / "one.webm", 12)
+    write_audio_only(root / "a" / "sound.mp4")
+    shutil.copy(next((datasets / "imagenet" / "train" / "star").iterdir()), root / "a" / "x.jpg")
+    result = index_folder(root, out=root / "m.jsonl")
+    reasons = {p.rsplit("/", 1)[1]: r for p, r in result.skipped}
+    assert sorted(reasons) == ["one.webm", "photo.mp4", "photo.webm", "sound.mp4"]
+    assert "not a video: an image (png" in reasons["photo.mp4"]
+    assert "not a video: an image (mjpeg" in reasons["photo.webm"]
+    assert "1 decodable frame; a video needs at least 2" in reasons["one.webm"]
+    assert "no video stream" in reasons["sound.mp4"]
+    back = read_manifest(root / "m.jsonl")
+    assert [(e.uri.rsplit("/", 1)[1], e.codec) for e in back] == [
+        ("good.mp4", "h264"), ("good.webm", "vp9"), ("x.jpg", "jpeg")]
+
+
+def test_manifests_without_codec_still_read(tmp_path):
+    (tmp_path / "m.jsonl").write_text(json.dumps(
+        {"uri": "/v/1.webm", "label": 0, "num_frames": 9, "fps": 12.0, "duration": 0.75}) + "\n")
+    (entry,) = read_manifest(tmp_path / "m.jsonl")
+    assert entry.codec is None
+    write_manifest([entry], tmp_path / "again.jsonl")
+    assert "codec" not in (tmp_path / "again.jsonl").read_text()  # nothing invented
+
+
+@pytest.mark.parametrize("below", ["", "train"])
+def test_flat_folder_of_unlabelled_media_is_detected(datasets, tmp_path, below):
+    root = tmp_path / "flat"
+    (root / below).mkdir(parents=True, exist_ok=True)
+    for k, video in enumerate(sorted((datasets / "ssv2" / "videos").iterdir())[:3]):
+        shutil.copy(video, root / below / f"clip{k}.webm")
+    shutil.copy(next((datasets / "imagenet" / "train" / "star").iterdir()), root / below / "a.jpg")
+    result = index_folder(root, out=root / "m.jsonl")
+    assert result.layout == "flat" and not result.skipped
+    back = read_manifest(root / "m.jsonl")
+    assert back.class_names is None and back.num_classes == 0
+    assert [e.label for e in back] == [-1] * 4 and sum(e.is_image for e in back) == 1
+
+
+def test_flat_layout_asked_for_recurses_and_class_layout_says_how(datasets, tmp_path):
+    root = tmp_path / "shards"
+    for shard in ("part0", "part1"):
+        (root / shard).mkdir(parents=True)
+        shutil.copy(datasets / "ssv2" / "videos" / "1.webm", root / shard / "c.webm")
+    (root / "empty").mkdir()
+    assert index_folder(root).layout == "folder"  # subfolders read as classes by default
+    flat = index_folder(root, layout="flat")
+    assert [(e.uri.split("/")[-2], e.label) for e in flat.manifest] == [("part0", -1), ("part1", -1)]
+    with pytest.raises(ValueError, match="no class folders .*--layout flat"):
+        index_folder(root / "part0", layout="folder")
+
+
+def test_a_folder_with_nothing_indexable_raises_one_line_and_writes_nothing(tmp_path):
+    from loaders.errors import DataError
+    root = tmp_path / "bad"
+    (root / "cls").mkdir(parents=True)
+    (root / "cls" / "a.webm").write_bytes(b"\x00garbage" * 50)
+    (root / "cls" / "b.mp4").write_bytes(b"")
+    with pytest.raises(DataError, match=r"nothing to index for split 'train' \(folder layout\): "
+                                        r"2 files skipped; first: .*a.webm: ") as info:
+        index_folder(root, out=root / "m.jsonl")
+    assert "\n" not in str(info.value) and not (root / "m.jsonl").exists()
+    (root / "cls" / "a.webm").unlink()
+    (root / "cls" / "b.mp4").unlink()
+    with pytest.raises(DataError, match="0 files skipped"):
+        index_folder(root)

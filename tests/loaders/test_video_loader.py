@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import threading
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
 
 import loaders.video as video
 from loaders.decode import dali_import_error
-from loaders.manifest import Manifest
+from loaders.errors import DataError
+from loaders.manifest import Manifest, index_folder
 from loaders.objserver import ObjectServer
+from loaders.storage import AsyncReader
+from loaders.synthetic import make_video_dataset
 
 from tests.loaders._loader_data import (DecodeSpy, add_bad_files, image_loader, make_images, make_videos, same_batch,
                                         video_loader, wait_for_threads)
@@ -144,14 +149,122 @@ def test_http_404_is_replaced(videos, tmp_path):
 def test_a_data_set_of_only_bad_files_raises_instead_of_spinning(with_bad_files, monkeypatch):
     manifest, bad = with_bad_files
     corrupt = [e for e in manifest if bad.get(e.uri) in ("corrupt", "truncated")]
-    monkeypatch.setattr(video, "MAX_CONSECUTIVE_FAILURES", 6)
+    # Each item fails once, is remembered, then skipped: with all of them bad, nothing is left.
     loader = video_loader(Manifest(corrupt), batch_size=2, replication=1)
     try:
-        with pytest.raises(RuntimeError, match="6 video items in a row"):
+        with pytest.raises(DataError, match="every video item of this rank's epoch failed .*2 of 2 items"):
+            loader.next_batch()
+    finally:
+        loader.close()
+    assert loader.failures == 2
+    # Many distinct bad items in a row stop the run before a whole epoch is tried.
+    monkeypatch.setattr(video, "MAX_CONSECUTIVE_FAILURES", 6)
+    loader = video_loader(Manifest(corrupt * 5), batch_size=2, replication=1)
+    try:
+        with pytest.raises(DataError, match="6 video items in a row could not be read or decoded"):
             loader.next_batch()
     finally:
         loader.close()
     assert loader.failures == 6
+
+
+class ReadSpy:
+    """Wraps a loader's reader: the uris it is asked to read, in order."""
+
+    def __init__(self, loader):
+        self.uris: list[str] = []
+        read_many = loader.reader.read_many
+
+        def spy(items, *args, **kwargs):
+            def counted():
+                for key, uri in items:
+                    self.uris.append(uri)
+                    yield key, uri
+            return read_many(counted(), *args, **kwargs)
+
+        loader.reader.read_many = spy
+
+
+def skip_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "skipped video item" in r.getMessage()]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("max_in_flight", [2, 8])  # 8: reads sent 16 ahead, past the 12-entry epoch
+def test_damaged_items_are_read_decoded_counted_and_logged_once(with_bad_files, max_in_flight, caplog):
+    manifest, bad = with_bad_files  # 12 entries, 4 bad: 8 good items = 4 batches an epoch
+    caplog.set_level(logging.WARNING, logger="loaders.video")
+    loader = video_loader(manifest, batch_size=4, replication=2, decode_ahead=0, max_in_flight=max_in_flight)
+    reads, decodes = ReadSpy(loader), DecodeSpy(loader, manifest)
+    try:
+        for _ in range(16):  # 4 epochs
+            loader.next_batch()
+    finally:
+        loader.close()
+    assert loader.failures == 4 and {manifest[i].uri for i in loader.bad} == set(bad)
+    lines = skip_lines(caplog)
+    assert len(lines) == 4 and all(sum(uri in line for line in lines) == 1 for uri in bad)
+    assert all(decodes.uris.count(uri) <= 1 for uri in bad)  # corrupt, truncated: decoded once
+    # Epoch 0 reads all 12; reads sent before an item was found bad (up to 16 ahead) may reach
+    # the next epochs' first items; none after that.
+    assert len(reads.uris) >= 4 * 8 and all(i < 12 + 2 * max_in_flight for i, uri in enumerate(reads.uris)
+                                            if uri in bad)
+
+
+@pytest.mark.timeout(60)
+def test_remembered_bad_items_survive_a_resume(with_bad_files, caplog):
+    manifest, bad = with_bad_files
+    make = lambda: video_loader(manifest, batch_size=4, replication=2)  # noqa: E731 - decode ahead on
+    whole = make()
+    try:
+        expected = [whole.next_batch() for _ in range(10)][5:]
+    finally:
+        whole.close()
+    first = make()
+    try:
+        for _ in range(5):  # epoch 0 (all 4 bad items found) and one batch of epoch 1
+            first.next_batch()
+        buffer = io.BytesIO()
+        torch.save(first.state_dict(), buffer)
+    finally:
+        first.close()
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert {manifest[i].uri for i in state["bad"]} == set(bad) and state["failures"] == 4
+    caplog.set_level(logging.WARNING, logger="loaders.video")
+    caplog.clear()  # the two runs above logged the 4 items once each
+    resumed = make()
+    reads = ReadSpy(resumed)
+    try:
+        resumed.load_state_dict(state)
+        got = [resumed.next_batch() for _ in range(5)]
+    finally:
+        resumed.close()
+    assert all(same_batch(a, b) for a, b in zip(expected, got))
+    assert reads.uris and not set(reads.uris) & set(bad)  # never fetched again
+    assert resumed.failures == 4 and skip_lines(caplog) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_transient_read_failure_is_not_remembered(videos):
+    objects = {f"{k}.webm": open(entry.uri, "rb").read() for k, entry in enumerate(videos[:4])}
+    with ObjectServer(objects) as server:
+        entries = [replace(entry, uri=f"{server.url}{k}.webm") for k, entry in enumerate(videos[:4])]
+        entries.append(replace(entries[0], uri=f"{server.url}gone.webm"))
+        server.fail_next("0.webm", count=1, kind="503")  # one 503 and no retry: a transient failure
+        with AsyncReader(max_in_flight=2, retries=0) as reader:
+            loader = video_loader(Manifest(entries), batch_size=2, replication=1, reader=reader, decode_ahead=0)
+            decodes = DecodeSpy(loader, Manifest([]))
+            try:
+                for _ in range(8):  # 2 epochs of the 4 good items
+                    loader.next_batch()
+            finally:
+                loader.close()
+            reasons = dict(loader.failure_log)
+    assert "(transient," in reasons[entries[0].uri] and "(permanent," in reasons[entries[4].uri]
+    assert {loader.manifest[i].uri for i in loader.bad} == {entries[4].uri}  # the 404 only
+    assert loader.failures == 2
+    assert hashlib.sha1(objects["0.webm"]).hexdigest() in decodes.digests  # read again, and decoded
 
 
 def _resume_case(make, k: int = 2, m: int = 3):
@@ -316,3 +429,37 @@ def test_decode_ahead_decodes_the_next_batch_during_assembly(videos, monkeypatch
     finally:
         loader.close()
     assert overlapped[0] is False and any(overlapped[1:])
+
+
+@pytest.fixture(scope="module")
+def mixed_codecs(videos, tmp_path_factory) -> Manifest:
+    """4 VP9 WebM and 4 H.264 MP4 entries, alternating."""
+    root = tmp_path_factory.mktemp("h264")
+    make_video_dataset(root, 4, 0, height=64, min_s=2, max_s=3, codec="h264", progress=False)
+    h264 = index_folder(root, split="train", workers=1).manifest
+    return Manifest([e for pair in zip(videos[:4], h264) for e in pair])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(dali_import_error() is not None, reason="DALI does not import")
+@pytest.mark.parametrize("case", ["webm first", "mp4 first", "no codec in the manifest"])
+def test_dali_without_nvdec_sends_h264_items_to_pyav(mixed_codecs, case, caplog):
+    entries = list(mixed_codecs)
+    if case == "mp4 first":
+        entries = entries[1:] + entries[:1]
+    if case == "no codec in the manifest":  # an old manifest: the codec is read from the bytes
+        entries = [replace(e, codec=None) for e in entries]
+    assert {e.codec for e in entries} == ({None} if "no codec" in case else {"vp9", "h264"})
+    caplog.set_level(logging.INFO, logger="loaders.decode")
+    loader = video_loader(Manifest(entries), decode_backend="dali", batch_size=8, replication=2, decode_ahead=0)
+    spy = DecodeSpy(loader, Manifest(entries))
+    try:
+        for _ in range(4):  # 2 epochs
+            batch = loader.next_batch()
+            assert len(batch) == 8 and batch.stats["skipped"] == 0
+    finally:
+        loader.close()
+    assert loader.failures == 0 and loader.decoded == 16
+    assert sorted(spy.uris) == sorted(2 * [e.uri for e in entries])  # every item, both epochs
+    routed = [r.getMessage() for r in caplog.records if "decoded with PyAV" in r.getMessage()]
+    assert len(routed) == 1 and "cannot decode h264" in routed[0]
