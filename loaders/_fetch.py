@@ -1,7 +1,8 @@
 """One object, read to the end: request slots, per-request timeout, retries with backoff, hedging.
 
 Runs on the reader's event loop. `Fetcher.fetch` never raises (except on cancellation): whatever
-happens it returns the bytes or a redacted error, so that no sample is silently lost.
+happens it returns the bytes or a redacted error, so that no sample is silently lost. A read whose
+retries ran out during a storage outage is held and retried on instead (loaders.outage).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from loaders._backends import Backends
 from loaders._stats import ReaderStats
+from loaders.outage import OutageMonitor
 from loaders.redact import redact
 from loaders.retry import backoff_delay, describe_error, is_transient
 
@@ -77,15 +79,17 @@ class FetchOutcome:
 class _Attempts:
     def __init__(self) -> None:
         self.requests = 0
-        self.first_start: float | None = None
+        self.first_start: float | None = None  # perf_counter, for latency
+        self.last_start = 0.0  # the outage monitor's clock, when the latest request was sent
 
 
 class Fetcher:
     def __init__(self, backends: Backends, stats: ReaderStats, *, max_in_flight: int,
                  timeout_s: float, retries: int, hedge_after_s: float | None,
-                 backoff_base_s: float, backoff_max_s: float, seed: int = 0):
+                 backoff_base_s: float, backoff_max_s: float, outage_s: float, seed: int = 0):
         self.backends = backends
         self.stats = stats
+        self.outage = OutageMonitor(stats, outage_s=outage_s, max_in_flight=max_in_flight)
         self.slots = PrioritySlots(max_in_flight)
         self.timeout_s = timeout_s
         self.retries = retries
@@ -96,25 +100,30 @@ class Fetcher:
 
     async def fetch(self, ticket: int, uri: str) -> FetchOutcome:
         tries = _Attempts()
-        error: BaseException | None = None
-        for retry in range(self.retries + 1):
-            if retry:
-                self.stats.retries += 1
-                await asyncio.sleep(backoff_delay(retry - 1, self.backoff_base_s,
-                                                  self.backoff_max_s, self._rng))
+        retry, held = 0, False
+        while True:
             try:
                 data = await self._attempt(ticket, uri, tries)
+                return FetchOutcome(data, None, self._since(tries), tries.requests)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure becomes a reported result
                 error = exc
-                if not is_transient(exc):
-                    break
-                if retry < self.retries and logger.isEnabledFor(logging.DEBUG):
+            if not is_transient(error):
+                break
+            delay = backoff_delay(retry, self.backoff_base_s, self.backoff_max_s, self._rng)
+            if retry < self.retries:
+                if logger.isEnabledFor(logging.DEBUG):
                     logger.debug("retrying %s after %s", redact(uri),
-                                 describe_error(exc, self.timeout_s))
-                continue
-            return FetchOutcome(data, None, self._since(tries), tries.requests)
+                                 describe_error(error, self.timeout_s))
+                await asyncio.sleep(delay)
+            elif self.outage.hold(tries.last_start, first=not held):
+                held = True
+                await self.outage.wait(delay)  # the backoff keeps growing to backoff_max_s
+            else:
+                break  # this object alone fails, or the outage lasted longer than outage_s
+            retry += 1
+            self.stats.retries += 1
         kind = "transient" if is_transient(error) else "permanent"
         reason = (f"{describe_error(error, self.timeout_s)} "
                   f"({kind}, {tries.requests} request{'s' * (tries.requests != 1)})")
@@ -170,6 +179,7 @@ class Fetcher:
             if sent is not None:
                 sent.set()
             started = self.stats.request_started()
+            tries.last_start = self.outage.clock()
             if tries.first_start is None:
                 tries.first_start = started
             try:
@@ -177,10 +187,13 @@ class Fetcher:
             except asyncio.CancelledError:
                 self.stats.request_ended(started, None, cancelled=True)
                 raise
-            except BaseException:
+            except BaseException as exc:
                 self.stats.request_ended(started, None)
+                if is_transient(exc):
+                    self.outage.transient_failure(uri, exc, self.timeout_s)
                 raise
             self.stats.request_ended(started, len(data))
+            self.outage.success()
             return data
         finally:
             self.slots.release()

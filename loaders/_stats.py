@@ -23,6 +23,9 @@ class ReaderStats:
         self.hedge_wins = 0      # reads answered by the hedge rather than the first request
         self.reads = 0           # objects finished, ok or not
         self.failures = 0        # objects reported failed
+        self.outages = 0         # storage outages ridden out or running (loaders.outage)
+        self.outage_s = 0.0      # seconds without a successful request, over the ended outages
+        self.reads_held = 0      # reads out of retries held in an outage instead of failed
         self.in_flight = 0
         self.max_in_flight = 0
         self.consumer_wait_s = 0.0
@@ -85,6 +88,9 @@ class ReaderStats:
             "request_errors": self.request_errors,
             "reads": self.reads,
             "failures": self.failures,
+            "outages": self.outages,
+            "outage_s": self.outage_s,
+            "reads_held": self.reads_held,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "latency_p50_s": _percentile(sample, 0.50),

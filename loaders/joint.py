@@ -4,6 +4,9 @@ A background thread assembles batches ahead so that at least `prefetch` are read
 runs; each loader reads and decodes on a thread of its own meanwhile (loaders.video). Each batch
 carries the loaders' state *after* it, and `state_dict()` returns the state of the last batch handed
 out: resuming skips exactly what was consumed, not what was merely prefetched or decoded ahead.
+
+The loaders may share one AsyncReader (one pool of `max_in_flight` requests per process, whatever
+the number of data sets); pass it as `reader=` and `close()` closes it after the loaders.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from loaders.batch import Batch
+from loaders.errors import LoaderError
 from loaders.video import use_device
 
 _DONE = object()
@@ -37,13 +41,16 @@ class JointLoader:
     repeats: data set ratios (paper Fig. 5c): an epoch holds `len(manifest) * repeat` samples of
     each data set, i.e. that many / global batch steps of it.
     group: micro batches per optimizer step (gradient accumulation), kept in one modality.
+    reader: the AsyncReader the loaders share, owned (closed) by this JointLoader; None = each
+        loader closes its own.
     """
 
     def __init__(self, loaders: dict, *, repeats: dict[str, float] | None = None, seed: int = 0,
-                 prefetch: int = 2, world_size: int | None = None, group: int = 1):
+                 prefetch: int = 2, world_size: int | None = None, group: int = 1, reader=None):
         if not loaders:
             raise ValueError("JointLoader needs at least one loader")
         self.loaders = loaders
+        self.reader = reader
         self.seed = seed
         self.prefetch = max(1, prefetch)
         self.group = group
@@ -114,6 +121,8 @@ class JointLoader:
             item = self._queue.get()
             if item is _DONE:
                 self._queue.put(_DONE)  # the producer is gone: every later call raises too
+                if isinstance(self._error, LoaderError):
+                    raise self._error  # storage or data: one line for the command-line tool
                 raise RuntimeError(f"data loader failed: {self._error}") from self._error
             self._consumed_state = item.stats.pop("state")
             self.epoch, self.position = self._consumed_state["epoch"], self._consumed_state["position"]
@@ -136,27 +145,36 @@ class JointLoader:
     def queue_depths(self) -> dict[str, float]:
         """Batches ready ahead of the step, and storage requests in flight now (for the profiler)."""
         depths = {"queue/batches_ready": float(self._queue.qsize()) if self._queue is not None else 0.0}
+        if self.reader is not None:  # shared: one count for every loader
+            depths["queue/reads_in_flight"] = float(self.reader.stats().get("in_flight", 0))
+            return depths
         for name, loader in self.loaders.items():
             depths[f"queue/{name}_reads_in_flight"] = float(loader.reader.stats().get("in_flight", 0))
         return depths
 
     def stats(self) -> dict:
+        """Per loader; with a shared reader each loader's "reader" entry is the shared reader's."""
         return {name: loader.stats() for name, loader in self.loaders.items()}
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Stop the producer (it finishes the batch it is building), then close the loaders.
 
         A producer stuck longer than `timeout_s` (storage that never answers) is unblocked by
-        closing the loaders' readers under it, which makes its pending read raise."""
+        closing the loaders' readers under it, which makes its pending read raise; one stuck on
+        the shared reader (an outage being ridden out) is unblocked after a second the same way."""
         self._stop.set()
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
         if self._thread is not None:
-            while self._thread.is_alive() and time.monotonic() < deadline:
+            while self._thread.is_alive() and time.monotonic() < started + timeout_s:
                 try:  # unblock a producer waiting on a full queue
                     self._queue.get_nowait()
                 except queue.Empty:
                     pass
                 self._thread.join(timeout=0.1)
+                if self.reader is not None and time.monotonic() > started + 1.0:
+                    self.reader.close()
+        if self.reader is not None:  # first: a decode thread blocked on it then stops at once
+            self.reader.close()
         for loader in self.loaders.values():
             loader.close()
         if self._thread is not None:

@@ -108,7 +108,8 @@ def describe_error(exc: BaseException, timeout_s: float | None = None) -> str:
 
 def backoff_delay(retry: int, base_s: float, max_s: float, rng: random.Random) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(max_s, base_s * 2**retry)]."""
-    return rng.uniform(0.0, min(max_s, base_s * (2.0 ** retry)))
+    # The exponent is capped: a read held through a long outage counts hundreds of retries.
+    return rng.uniform(0.0, min(max_s, base_s * (2.0 ** min(retry, 64))))
 
 
 class FailureBudget:

@@ -11,13 +11,15 @@ ReadResults through a bounded queue, in submission order (`ordered=True`) or as 
 Submitted-but-undelivered reads are capped at `max_in_flight + reorder_window`: a straggler at the
 head of the order stalls submission after that many reads instead of letting memory grow.
 
-Backends: loaders._backends; retries, hedging, slots: loaders._fetch; error classes and the
+Backends: loaders._backends; retries, hedging, slots: loaders._fetch; outages (every request
+failing: reads held, not failed, for up to `outage_s`): loaders.outage; error classes and the
 failure budget: loaders.retry; credentials: loaders.redact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
 import itertools
@@ -55,6 +57,17 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    # A run stopped by an exception may never reach its loader's close(): close the HTTP sessions
+    # here, or aiohttp reports each one as "Unclosed client session" at interpreter exit.
+    for reader in list(_READERS):
+        try:
+            reader.close()
+        except Exception:  # noqa: BLE001 - exiting anyway; never mask the run's own error
+            pass
 
 
 @dataclass(frozen=True, repr=False)
@@ -146,6 +159,9 @@ class AsyncReader:
     timeout_s: limit on one request; a timeout is transient (retried).
     retries: further tries after a transient failure, with full-jitter exponential backoff
         (`backoff_base_s * 2**retry`, at most `backoff_max_s`). Permanent errors are not retried.
+    outage_s: when the retries of a read run out while no request succeeds at all (loaders.outage),
+        the read is held and retried every <= `backoff_max_s` instead of failed, for up to this
+        long without a successful request; then read_many raises StorageError.
     hedge_after_s: if a request is still out after this long, send a second one; the first
         answer wins and the other is cancelled. None = no hedging.
     storage_options: fsspec options, one dict for every protocol or {protocol: dict}; never
@@ -158,8 +174,8 @@ class AsyncReader:
     def __init__(self, max_in_flight: int = 64, timeout_s: float = 30.0, retries: int = 3,
                  hedge_after_s: float | None = None, storage_options: dict | None = None, *,
                  reorder_window: int | None = None, backoff_base_s: float = 0.05,
-                 backoff_max_s: float = 2.0, max_failure_share: float = 0.1,
-                 failure_window: int = 200, seed: int = 0):
+                 backoff_max_s: float = 5.0, max_failure_share: float = 0.1,
+                 failure_window: int = 200, outage_s: float = 300.0, seed: int = 0):
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         if timeout_s <= 0:
@@ -168,6 +184,8 @@ class AsyncReader:
             raise ValueError(f"retries must be >= 0, got {retries}")
         if hedge_after_s is not None and hedge_after_s <= 0:
             raise ValueError(f"hedge_after_s must be > 0 or None, got {hedge_after_s}")
+        if outage_s <= 0:
+            raise ValueError(f"outage_s must be > 0, got {outage_s}")
         if reorder_window is not None and reorder_window < 0:
             raise ValueError(f"reorder_window must be >= 0, got {reorder_window}")
         if storage_options is not None and not isinstance(storage_options, dict):
@@ -176,7 +194,7 @@ class AsyncReader:
                             hedge_after_s=hedge_after_s, storage_options=storage_options,
                             reorder_window=reorder_window, backoff_base_s=backoff_base_s,
                             backoff_max_s=backoff_max_s, max_failure_share=max_failure_share,
-                            failure_window=failure_window, seed=seed)
+                            failure_window=failure_window, outage_s=outage_s, seed=seed)
         self.max_in_flight = max_in_flight
         self.timeout_s = timeout_s
         self.retries = retries
@@ -186,7 +204,7 @@ class AsyncReader:
         self._fetch_kwargs = dict(max_in_flight=max_in_flight, timeout_s=timeout_s,
                                   retries=retries, hedge_after_s=hedge_after_s,
                                   backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s,
-                                  seed=seed)
+                                  outage_s=outage_s, seed=seed)
         self._budget_kwargs = dict(max_share=max_failure_share, window=failure_window)
         self._lock = threading.Lock()
         self._closed = False
@@ -269,7 +287,7 @@ class AsyncReader:
         """Read every (key, uri) of `items`; yield one ReadResult per item, failed or not.
 
         ordered=True yields in the order of `items`; False yields as reads complete. Raises
-        StorageError when the failure budget is exceeded. Breaking out of the loop (or closing
+        StorageError when the failure budget is exceeded or an outage outlasts `outage_s`. Breaking out of the loop (or closing
         the generator) cancels the reads still in flight.
         """
         if self._closed:
@@ -336,14 +354,24 @@ class AsyncReader:
         try:
             while True:
                 try:
-                    return out.get(timeout=_POLL_S)
+                    burst = out.get(timeout=_POLL_S)
                 except queue.Empty:
-                    if self._closed:
-                        raise RuntimeError("AsyncReader was closed while read_many was running")
-                    if not loop_thread.thread.is_alive():
-                        raise RuntimeError("the AsyncReader event loop thread has stopped")
+                    burst = None
+                self._raise_if_fatal()  # before the reads an ended outage failed are counted
+                if burst is not None:
+                    return burst
+                if self._closed:
+                    raise RuntimeError("AsyncReader was closed while read_many was running")
+                if not loop_thread.thread.is_alive():
+                    raise RuntimeError("the AsyncReader event loop thread has stopped")
         finally:
             self._stats.consumer_wait_s += time.perf_counter() - started
+
+    def _raise_if_fatal(self) -> None:
+        """The outage monitor gave up (outage_s passed): stop the consumer with its one line."""
+        fatal = self._fetcher.outage.fatal
+        if fatal is not None:
+            raise StorageError(str(fatal)) from None  # a fresh one per consumer, no chained noise
 
     def _end_session(self, session: _Session, loop_thread: _aio_loop.LoopThread,
                      in_flight: bool) -> None:

@@ -61,6 +61,32 @@ class DatasetConfig:
 
 
 @dataclass
+class StorageConfig:
+    """The storage reader: one per process, shared by every data set (loaders.storage.AsyncReader)."""
+
+    max_in_flight: int = 64
+    """Storage requests in flight per process, all data sets together (hedges included)."""
+    timeout_s: float = 30.0
+    """Limit on one request; a request past it is retried (transient)."""
+    retries: int = 3
+    """Further tries of a read after a transient failure (timeout, reset, 5xx), with backoff."""
+    backoff_max_s: float = 5.0
+    """Longest wait between two tries; during an outage, the longest time before a held read notices
+    the store is back (a few seconds: prompt recovery, no request storm on a store coming back)."""
+    hedge_after_s: float = 0.0
+    """Send a second request for a read still out after this many seconds (first answer wins); 0 = off.
+    Off by default: a fixed threshold doubles every request of a store that is uniformly slow (large
+    clips, thin link), exactly when storage is the bottleneck. Set it to about the reads' p99 latency
+    (summary.json: loader.*.reader.latency_p99_s) on an object store with stragglers."""
+    max_failure_share: float = 0.1
+    """Stop the run when more than this share of the last 200 reads failed (missing or unreadable
+    objects; an outage is not counted, see outage_s)."""
+    outage_s: float = 300.0
+    """When every request fails (store down, DNS, a 5xx storm), reads are held and retried, nothing is
+    skipped, for up to this many seconds without a successful read; then the run stops."""
+
+
+@dataclass
 class DataConfig:
     image: DatasetConfig = field(default_factory=lambda: DatasetConfig(
         mask_ratio=0.9, crop_scale=(0.2, 1.0), flip_p=0.5))
@@ -77,8 +103,8 @@ class DataConfig:
     decoder for VP8/VP9 otherwise)."""
     decode_threads: int = 2
     """Decoder threads per process (PyAV videos decoded at once): about the CPU cores per GPU."""
-    max_in_flight: int = 64
-    """Storage requests in flight per process."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """The storage reader: requests in flight, timeouts, retries, hedging, failure budget, outages."""
     prefetch: int = 2
     """Batches decoded ahead of the step."""
     synth_if_missing: str = ""
@@ -231,6 +257,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {hint}")
 
 
+# Keys that moved, old -> new (both trees): refused with a line naming the new key, not guessed.
+MOVED_KEYS = {"data.max_in_flight": "data.storage.max_in_flight"}
+
+
 def merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> Any:
     """Returns a copy of dataclass `obj` with nested `updates` applied and type-checked."""
     if not isinstance(updates, dict):
@@ -239,6 +269,8 @@ def merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> Any:
     changes = {}
     for name, value in updates.items():
         key = f"{prefix}{name}"
+        if key in MOVED_KEYS:
+            raise ConfigError(f"{key}: moved to {MOVED_KEYS[key]}")
         if name not in hints:
             known = ", ".join(hints)
             raise ConfigError(f"{key}: unknown key (known here: {known})")
@@ -369,6 +401,17 @@ def validate_run(train: RunConfig, parallel: ParallelConfig) -> None:
             need(getattr(train, name) >= 0, f"train.{name}", "must be >= 0")
 
 
+def validate_storage(storage: StorageConfig, key: str) -> None:
+    """The reader's settings, in every config tree (`key`: where the section sits)."""
+    need(storage.max_in_flight >= 1, f"{key}.max_in_flight", "must be >= 1")
+    need(storage.timeout_s > 0, f"{key}.timeout_s", "must be > 0")
+    need(storage.retries >= 0, f"{key}.retries", "must be >= 0")
+    need(storage.backoff_max_s > 0, f"{key}.backoff_max_s", "must be > 0")
+    need(storage.hedge_after_s >= 0, f"{key}.hedge_after_s", "must be >= 0 (0 = off)")
+    need(0 <= storage.max_failure_share <= 1, f"{key}.max_failure_share", "must be in [0, 1]")
+    need(storage.outage_s > 0, f"{key}.outage_s", "must be > 0")
+
+
 def validate(cfg: Config) -> None:
     """Impossible values, each named by its full key."""
 
@@ -395,7 +438,7 @@ def validate(cfg: Config) -> None:
                  f"must divide train.batch_size ({cfg.train.batch_size})")
     need(any_data, "data", "set data.image.root and/or data.video.root")
     need(cfg.data.decode_backend in ("auto", "dali", "pyav"), "data.decode_backend", "expected auto, dali or pyav")
-    need(cfg.data.max_in_flight >= 1, "data.max_in_flight", "must be >= 1")
+    validate_storage(cfg.data.storage, "data.storage")
     need(cfg.data.prefetch >= 1, "data.prefetch", "must be >= 1")
     need(cfg.data.window_s > 0, "data.window_s", "must be > 0")
     need(cfg.optim.lr > 0, "optim.lr", "must be > 0")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from omnimae.config import (SIZES, Config, DataConfig, DatasetConfig, OptimConfig, ParallelConfig, RunConfig,
-                            derive, load_config, need, validate_run)
+                            StorageConfig, derive, load_config, need, validate_run, validate_storage)
 
 MODALITIES = ("image", "video")
 
@@ -60,8 +60,8 @@ class FtDataConfig:
     """Video decoder: auto, dali or pyav."""
     decode_threads: int = 2
     """Decoder threads per process."""
-    max_in_flight: int = 64
-    """Storage requests in flight per process."""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """The storage reader, shared by training and test reads (as in pretraining's data.storage)."""
     prefetch: int = 2
     """Training batches decoded ahead of the step."""
     synth_if_missing: str = ""
@@ -184,7 +184,7 @@ def validate(cfg: FinetuneConfig) -> None:
     need(d.window_s > 0, "data.window_s", "must be > 0")
     need(d.short_side >= m.img_size, "data.short_side", f"must be >= model.img_size ({m.img_size})")
     need(d.decode_backend in ("auto", "dali", "pyav"), "data.decode_backend", "expected auto, dali or pyav")
-    need(d.max_in_flight >= 1, "data.max_in_flight", "must be >= 1")
+    validate_storage(d.storage, "data.storage")
     need(d.prefetch >= 1, "data.prefetch", "must be >= 1")
     need(d.synth_if_missing in ("", "demo"), "data.synth_if_missing", "expected demo or empty")
     need(a.rand_augment_ops >= 0, "augment.rand_augment_ops", "must be >= 0")

@@ -37,20 +37,22 @@ def build_train_loader(cfg, manifest: Manifest, *, micro_batch: int, accumulatio
 
     from omnimae.model import SIZES
 
+    from omnimae.data import build_reader
+
     d = cfg.data
+    reader = build_reader(d.storage, d.storage_options)  # one per process; the JointLoader closes it
     kwargs = dict(batch_size=micro_batch, replication=d.replication, device=dist_info.device,
                   rank=dist_info.rank, world_size=dist_info.world_size, seed=cfg.train.seed,
                   patch_size=SIZES[cfg.model.name].get("patch", (2, 16, 16)), crop_size=cfg.model.img_size,
                   crop_scale=d.crop_scale, flip_p=d.flip_p, interpolation=d.interpolation,
-                  mask_ratio=0.0, max_in_flight=d.max_in_flight,
-                  storage_options=d.storage_options, decode_threads=d.decode_threads)
+                  mask_ratio=0.0, reader=reader, decode_threads=d.decode_threads)
     if d.modality == "video":
         loader = VideoLoader(manifest, num_frames=cfg.model.num_frames, window_s=d.window_s,
                              short_side=d.short_side, decode_backend=d.decode_backend, **kwargs)
     else:
         loader = ImageLoader(manifest, **kwargs)
     return JointLoader({d.modality: loader}, seed=cfg.train.seed, prefetch=d.prefetch,
-                       world_size=dist_info.world_size, group=accumulation)
+                       world_size=dist_info.world_size, group=accumulation, reader=reader)
 
 
 @dataclass
@@ -70,13 +72,17 @@ class EvalViews:
     Items are split round robin over ranks (rank r takes items r, r + W, ...): summing correct
     counts over ranks gives the exact accuracy. Items that fail to read or decode are skipped and
     listed in `failures` (uri, reason); iterate again for another pass (the decoder is kept).
+
+    reader: an AsyncReader to read through (the training loader's: one per process), left open;
+    None = a reader of `storage` (an omnimae.config.StorageConfig, default settings if None) made
+    for each pass and closed after it.
     """
 
     def __init__(self, manifest: Manifest, *, modality: str, crop_size: int, num_frames: int = 16,
                  window_s: float = 2.7, num_clips: int = 5, num_crops: int = 3, crop_ratio: float = 0.875,
                  batch_size: int = 8, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 decode_backend: str = "auto", decode_threads: int = 2, max_in_flight: int = 16,
-                 storage_options: dict | None = None, max_items: int = 0):
+                 decode_backend: str = "auto", decode_threads: int = 2, storage=None,
+                 storage_options: dict | None = None, max_items: int = 0, reader=None):
         if modality not in ("image", "video"):
             raise ValueError(f"modality must be image or video, got {modality!r}")
         entries = list(manifest)[:max_items] if max_items else list(manifest)
@@ -95,8 +101,9 @@ class EvalViews:
         self.device = torch.device(device)
         self.decode_backend = decode_backend
         self.decode_threads = decode_threads
-        self.max_in_flight = max_in_flight
+        self.storage = storage
         self.storage_options = storage_options
+        self.reader = reader
         self.codec = guess_codec(manifest) if modality == "video" and len(manifest) else None
         self.failures: list[tuple[str, str]] = []
         self._decoder = None
@@ -126,10 +133,14 @@ class EvalViews:
                 for s in starts]
 
     def __iter__(self) -> Iterator[EvalBatch]:
-        from loaders.storage import AsyncReader
+        from omnimae.config import StorageConfig
+        from omnimae.data import build_reader
 
         self.failures = []
-        with AsyncReader(max_in_flight=self.max_in_flight, storage_options=self.storage_options) as reader:
+        own = self.reader is None
+        reader = build_reader(self.storage or StorageConfig(), self.storage_options or {}) if own else self.reader
+        results = None
+        try:
             results = reader.read_many(((i, e.uri) for i, e in enumerate(self.entries)), ordered=True)
             chunk = []
             for result in results:
@@ -146,6 +157,11 @@ class EvalViews:
                 batch = self._assemble(chunk)
                 if batch is not None:
                     yield batch
+        finally:
+            if results is not None:
+                results.close()  # a pass left early: cancel its reads (a shared reader stays open)
+            if own:
+                reader.close()
 
     def placeholder(self) -> EvalBatch:
         """One item of zeros labelled -1 (counted nowhere): keeps ranks in step when a share runs out."""

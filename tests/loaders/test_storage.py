@@ -444,3 +444,20 @@ def test_describe_error_and_backoff():
 def test_read_result_repr_hides_payload():
     r = ReadResult("k", "https://h/x?sig=S3CR3T", b"x" * 10_000, None, 0.01, 1)
     assert "10000 bytes" in repr(r) and "S3CR3T" not in repr(r) and r.ok
+
+
+def test_a_reader_never_closed_leaves_no_unclosed_session_at_exit(tmp_path):
+    """A run stopped by an exception may skip close(): aiohttp must not report its sessions."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unclosed.py"
+    script.write_text(
+        "from loaders.objserver import ObjectServer\n"
+        "from loaders.storage import AsyncReader\n"
+        "srv = ObjectServer({'a': b'1'}).start()\n"
+        "reader = AsyncReader(max_in_flight=2)\n"
+        "assert reader.read(srv.url + 'a') == b'1'\n"
+        "raise SystemExit('stopped without closing the reader')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.strip() == "stopped without closing the reader"

@@ -25,7 +25,7 @@ def tiny_overrides(data_root, run_dir, **extra) -> list[str]:
         "data.image.mask_ratio": 0.75, "data.video.mask_ratio": 0.9,
         "data.image.root": str(data_root / "images"), "data.video.root": str(data_root / "videos"),
         "data.video.replication": 2, "data.short_side": 64, "data.decode_threads": 1,
-        "data.max_in_flight": 8, "data.decode_backend": "pyav",
+        "data.storage.max_in_flight": 8, "data.decode_backend": "pyav",
         "optim.lr": 1e-3, "optim.lr_batch": 8, "optim.warmup_epochs": 0.5,
         "train.batch_size": 8, "train.max_steps": 6, "train.log_every": 1, "train.ckpt_every": 0,
         "train.out_dir": str(run_dir), "train.run_name": "run", "parallel.compile": False,

@@ -31,7 +31,7 @@ def ft_overrides(data_root: Path, run_dir: Path, **extra) -> list[str]:
     values = {
         "model.name": "debug", "model.img_size": 64, "model.num_frames": 4,
         "data.root": str(data_root / "videos"), "data.short_side": 64, "data.decode_threads": 1,
-        "data.max_in_flight": 8, "data.decode_backend": "pyav", "data.replication": 2,
+        "data.storage.max_in_flight": 8, "data.decode_backend": "pyav", "data.replication": 2,
         "optim.lr_batch": 4, "optim.warmup_epochs": 0.5, "optim.ema_decay": 0.9,
         "train.batch_size": 4, "train.max_steps": 3, "train.log_every": 1, "train.ckpt_every": 2,
         "train.out_dir": str(run_dir), "train.run_name": "ft", "train.device": "cpu",
