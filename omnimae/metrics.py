@@ -136,7 +136,7 @@ class StageClock:
 
 # What a user can do when a stage holds training back.
 SUGGESTIONS = {
-    "read_wait": "raise data.max_in_flight (more requests in flight hide storage latency) or data.video.replication",
+    "read_wait": "raise data.storage.max_in_flight (more requests in flight hide storage latency) or data.video.replication",
     "decode": "raise data.decode_threads (up to the CPU cores per GPU) or data.video.replication",
     "assembly": "run batch assembly on the GPU (train.device=cuda) or lower the crop size",
     "data_wait": "the loader cannot keep up: see read_wait/decode; raise data.prefetch or data.video.replication",
