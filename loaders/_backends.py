@@ -20,8 +20,27 @@ import aiofiles
 import fsspec
 from fsspec.core import split_protocol
 
+from loaders.errors import LoaderError
+
 _LOCAL = frozenset({None, "file", "local"})
 _S3 = frozenset({"s3", "s3a"})
+
+
+# protocol -> the extra of this package that installs its filesystem
+_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
+def filesystem_class(protocol: str | None) -> type:
+    """fsspec's filesystem class for `protocol`; LoaderError in one line when its package is missing
+    (naming the extra that installs it) or the protocol is unknown."""
+    try:
+        return fsspec.get_filesystem_class(protocol or "file")
+    except ImportError as e:
+        extra = _EXTRAS.get(protocol)
+        how = f"pip install 'omnimae[{extra}]'" if extra else str(e).splitlines()[0]
+        raise LoaderError(f"{protocol}:// uris need a package that is not installed: {how}") from None
+    except ValueError:
+        raise LoaderError(f"{protocol}:// is not a protocol fsspec knows") from None
 
 
 def protocol_options(storage_options: dict | None, protocol: str) -> dict:
@@ -53,7 +72,7 @@ class Backends:
         fs = self._by_protocol.get(protocol)
         if fs is not None:
             return fs
-        cls = fsspec.get_filesystem_class(protocol)
+        cls = filesystem_class(protocol)
         options = self.options_for(protocol)
         # A token, not the options themselves: they may hold keys and must never be printed.
         token = (cls, json.dumps(options, sort_keys=True, default=repr))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -285,6 +286,7 @@ def make_image_dataset(root: str | os.PathLike, num_per_class_train: int,
 
 
 DEMO_MARKER = ".omnimae_demo.json"
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")
 
 
 def _demo_part(folder: Path, settings: dict, build, workers: int) -> tuple[dict[str, int], bool]:
@@ -342,8 +344,11 @@ def make_demo_data(root: str | os.PathLike | None = None, *,
     if video_root is None and image_root is None:
         raise ValueError("make_demo_data needs root, video_root or image_root")
     for folder in (video_root, image_root):
-        if folder is not None and "://" in os.fspath(folder):
-            raise ValueError(f"{folder}: demo data is written to local folders only")
+        # `scheme:/` also catches a URL that went through Path() (`http://h/x` -> `http:/h/x`);
+        # a two-letter minimum leaves Windows drives (`C:/`) alone. The uri may hold a password: not echoed.
+        scheme = _URL_SCHEME.match(os.fspath(folder)) if folder is not None else None
+        if scheme:
+            raise ValueError(f"demo data is written to local folders only, not to a {scheme[1]}:// root")
     start = time.perf_counter()
     counts, class_names, manifests, reused = {}, [], {}, True
     if video_root is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import fsspec
 
-from omnimae.config import Config, ConfigError, DatasetConfig
+from omnimae.config import Config, ConfigError, DatasetConfig, StorageConfig
 from omnimae.parallel import DistInfo
 
 MODALITIES = ("image", "video")
@@ -29,6 +29,9 @@ def _options(url: str, storage_options: dict) -> dict:
 
 
 def _exists(url: str, storage_options: dict) -> bool:
+    from loaders._backends import filesystem_class
+
+    filesystem_class(fsspec.core.split_protocol(url)[0])  # a missing s3fs/gcsfs: one line naming the extra
     fs, path = fsspec.core.url_to_fs(url, **_options(url, storage_options))
     return fs.exists(path)
 
@@ -59,23 +62,47 @@ def prepare_data(cfg: Config, dist_info: DistInfo) -> dict[str, int]:
 
 
 def _generate_if_missing(cfg: Config, dist_info: DistInfo) -> None:
-    """Only rank 0 generates; the others wait at a barrier."""
+    """Writes the demo set into each local root that is missing or empty (or holds an earlier demo set,
+    which make_demo_data reuses or remakes); any other root, remote or holding data, is used as it is.
+    Only rank 0 generates; the others wait at a barrier."""
     import torch.distributed as dist
 
     if cfg.data.synth_if_missing != "demo":
         raise ConfigError(f"data.synth_if_missing: unknown set {cfg.data.synth_if_missing!r} (expected demo)")
     if dist_info.is_main:
-        from loaders.synthetic import make_demo_data
+        from loaders.synthetic import DEMO_MARKER, make_demo_data
 
-        image_root = Path(cfg.data.image.root) if cfg.data.image.root else None
-        video_root = Path(cfg.data.video.root) if cfg.data.video.root else None
-        make_demo_data(image_root=image_root, video_root=video_root, seed=cfg.train.seed)
+        roots = {}
+        for name in MODALITIES:
+            root = getattr(cfg.data, name).root
+            protocol, local = fsspec.core.split_protocol(root) if root else (None, "")
+            if not root or protocol not in (None, "file", "local"):
+                continue  # a URL is never Path()-ed: `http://` would become a folder named `http:`
+            folder = Path(local)
+            if not folder.exists() or (folder.is_dir() and (not any(folder.iterdir())
+                                                            or (folder / DEMO_MARKER).exists())):
+                roots[f"{name}_root"] = folder
+        if roots:
+            make_demo_data(seed=cfg.train.seed, **roots)
     if dist_info.distributed:
         dist.barrier()
 
 
+def build_reader(storage: StorageConfig, storage_options: dict):
+    """The process's one AsyncReader, shared by every data set (and, in fine-tuning, the test views):
+    `max_in_flight` is then a per-process limit, as the config says."""
+    from loaders.storage import AsyncReader
+
+    return AsyncReader(max_in_flight=storage.max_in_flight, timeout_s=storage.timeout_s,
+                       retries=storage.retries, backoff_max_s=storage.backoff_max_s,
+                       hedge_after_s=storage.hedge_after_s or None,  # 0 = off
+                       max_failure_share=storage.max_failure_share, outage_s=storage.outage_s,
+                       storage_options=storage_options)
+
+
 def build_train_loader(cfg: Config, derived: dict, dist_info: DistInfo):
-    """The JointLoader over the configured data sets: one modality per micro batch."""
+    """The JointLoader over the configured data sets: one modality per micro batch, all reading
+    through one shared reader, which the JointLoader closes."""
     from loaders.joint import JointLoader
     from loaders.manifest import read_manifest
     from loaders.video import ImageLoader, VideoLoader
@@ -83,10 +110,10 @@ def build_train_loader(cfg: Config, derived: dict, dist_info: DistInfo):
     from omnimae.model import SIZES
 
     patch = SIZES[cfg.model.name].get("patch", (2, 16, 16))
+    reader = build_reader(cfg.data.storage, cfg.data.storage_options)
     common = dict(batch_size=derived["micro_batch"], device=dist_info.device, rank=dist_info.rank,
                   world_size=dist_info.world_size, seed=cfg.train.seed, patch_size=patch,
-                  crop_size=cfg.model.img_size, max_in_flight=cfg.data.max_in_flight,
-                  storage_options=cfg.data.storage_options)
+                  crop_size=cfg.model.img_size, reader=reader)
     loaders, repeats = {}, {}
     for name in MODALITIES:
         ds: DatasetConfig = getattr(cfg.data, name)
@@ -104,4 +131,4 @@ def build_train_loader(cfg: Config, derived: dict, dist_info: DistInfo):
             loaders[name] = ImageLoader(manifest, decode_threads=cfg.data.decode_threads, **kwargs)
         repeats[name] = ds.repeat
     return JointLoader(loaders, repeats=repeats, seed=cfg.train.seed, prefetch=cfg.data.prefetch,
-                       world_size=dist_info.world_size, group=derived["accumulation_steps"])
+                       world_size=dist_info.world_size, group=derived["accumulation_steps"], reader=reader)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
+from omnimae.progress import Progress, write as progress_write
 
 from omnimae import checkpoint as ckpt
 from omnimae.config import Config, derive, to_dict
@@ -25,6 +25,7 @@ from omnimae.metrics import MetricsWriter, StageClock, bottleneck_summary, devic
 from omnimae.masking import num_visible
 from omnimae.model import build_model
 from omnimae.profiling import StepProfiler, format_report
+from omnimae.resume import check_run_folder_writable, prepare_run_folder
 from omnimae.parallel import (DistInfo, all_reduce_mean, parallelize, setup_distributed, teardown_distributed,
                               unwrap)
 
@@ -93,7 +94,7 @@ def autocast_for(cfg: Config, device: torch.device):
 
 def _print(dist_info: DistInfo, *args) -> None:
     if dist_info.is_main:
-        tqdm.write(" ".join(str(a) for a in args))
+        progress_write(" ".join(str(a) for a in args))
 
 
 def train(cfg: Config) -> Path:
@@ -114,6 +115,8 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
     device = dist_info.device
     run_dir = Path(cfg.train.out_dir) / cfg.train.run_name
     torch.manual_seed(cfg.train.seed)
+    if dist_info.is_main:
+        check_run_folder_writable(run_dir)
 
     dataset_sizes = prepare_data(cfg, dist_info)  # {"image": n, "video": n}; may generate demo data
     derived = derive(cfg, world_size=dist_info.world_size, dataset_sizes=dataset_sizes)
@@ -123,13 +126,11 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
     derived["visible_tokens_per_sample"] = {
         m: num_visible(model.num_tokens(m), getattr(cfg.data, m).mask_ratio) for m in dataset_sizes}
     derived["parameters_m"] = sum(p.numel() for p in model.parameters()) / 1e6
-    if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"config": to_dict(cfg), "derived": derived, "dataset_sizes": dataset_sizes}
-        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
-        _print(dist_info, "config:", json.dumps(to_dict(cfg), default=str))
-        _print(dist_info, "derived:", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                for k, v in derived.items()))
+    say = lambda line: _print(dist_info, line)  # noqa: E731
+    resume_path = prepare_run_folder(cfg, run_dir, dist_info, derived=derived,
+                                     extra_json={"dataset_sizes": dataset_sizes}, say=say)
+    say("config: " + json.dumps(to_dict(cfg), default=str))
+    say("derived: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in derived.items()))
 
     model = model.to(device)
     train_model = parallelize(model, dist_info=dist_info, compile=cfg.parallel.compile,
@@ -140,7 +141,6 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
     loader = build_train_loader(cfg, derived, dist_info)
 
     start_step = 0
-    resume_path = ckpt.find_resume(cfg.train.resume, run_dir)
     if resume_path is not None:
         start_step = ckpt.load_training_state(resume_path, model=model, optimizer=optimizer, loader=loader,
                                               rank=dist_info.rank)
@@ -149,7 +149,7 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
     autocast, precision = autocast_for(cfg, device)
     sharded = dist_info.distributed and cfg.parallel.strategy == "fsdp"  # forwards are collective
     peak_flops = device_peak_flops(device)
-    metrics = MetricsWriter(run_dir, enabled=dist_info.is_main)
+    metrics = MetricsWriter(run_dir, enabled=dist_info.is_main, start_step=start_step)
     clock = StageClock()
     profiler = StepProfiler(run_dir, cfg.train.profile_steps, device, enabled=dist_info.is_main)
 
@@ -169,8 +169,7 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
     stopped_by = "finished"
     run_t0 = time.perf_counter()
 
-    bar = tqdm(total=total, initial=start_step, disable=not dist_info.is_main, dynamic_ncols=True,
-               desc=cfg.train.run_name, unit="step")
+    bar = Progress(total, initial=start_step, desc=cfg.train.run_name, enabled=dist_info.is_main)
     data_iter = iter(loader)
     step = start_step
     try:
@@ -312,9 +311,7 @@ def _log(step, lr, cfg, dist_info, metrics, clock, window, loss_sums, loss_count
     if device.type == "cuda":
         values["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     metrics.write(step, values)
-    losses = " ".join(f"{k[5:]}={v:.4f}" for k, v in values.items() if k.startswith("loss/"))
-    bar.set_postfix_str(f"{losses} lr={lr:.2e} wait={values['data_wait_share']:.0%} "
-                        f"{values['samples_per_s']:.0f} samples/s", refresh=False)
+    bar.log(step, values)
     window.update(samples=0, flops=0.0, items_decoded=0, t0=time.perf_counter(), steps=0)
 
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
+from omnimae.progress import Progress, write as progress_write
 
 from omnimae import checkpoint as ckpt
-from omnimae.config import ConfigError
+from omnimae.config import ConfigError, to_dict
 from omnimae.finetune.augment import build_rand_augment, rand_augment, random_erasing
 from omnimae.finetune.classifier import Classifier, layer_decay_param_groups, load_encoder_weights
-from omnimae.finetune.config import FinetuneConfig, derive_finetune, manifest_paths, to_dict
+from omnimae.finetune.config import FinetuneConfig, derive_finetune, manifest_paths
 from omnimae.finetune.data import EvalViews, build_train_loader
 from omnimae.finetune.ema import ModelEMA
 from omnimae.finetune.evaluate import (extract_features, knn_classify, linear_probe, multiview_logits,
@@ -34,12 +34,13 @@ from omnimae.finetune.evaluate import (extract_features, knn_classify, linear_pr
 from omnimae.finetune.mixup import Mixup, soft_target_cross_entropy
 from omnimae.metrics import MetricsWriter, device_peak_flops
 from omnimae.parallel import DistInfo, parallelize, setup_distributed, teardown_distributed
+from omnimae.resume import check_run_folder_writable, prepare_run_folder
 from omnimae.train import Preemption, autocast_for, lr_at
 
 
 def _print(dist_info: DistInfo, *args) -> None:
     if dist_info.is_main:
-        tqdm.write(" ".join(str(a) for a in args))
+        progress_write(" ".join(str(a) for a in args))
 
 
 # ---- data sets -------------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ def build_test_views(cfg: FinetuneConfig, manifest, dist_info: DistInfo, *, num_
                      window_s=d.window_s, num_clips=num_clips or e.num_clips, num_crops=num_crops or e.num_crops,
                      crop_ratio=e.crop_ratio, batch_size=e.batch_size, device=dist_info.device,
                      rank=dist_info.rank, world_size=dist_info.world_size, decode_backend=d.decode_backend,
-                     decode_threads=d.decode_threads, max_in_flight=d.max_in_flight,
+                     decode_threads=d.decode_threads, storage=d.storage,
                      storage_options=d.storage_options, max_items=e.max_items if max_items is None else max_items)
 
 
@@ -202,14 +203,16 @@ def _train(cfg: FinetuneConfig, dist_info: DistInfo, preempt: Preemption) -> Pat
     device = dist_info.device
     run_dir = _run_dir(cfg)
     torch.manual_seed(cfg.train.seed)
+    if dist_info.is_main:
+        check_run_folder_writable(run_dir)
     train_manifest, test_manifest, num_classes = prepare_manifests(cfg, dist_info)
     derived = derive_finetune(cfg, world_size=dist_info.world_size, train_items=len(train_manifest))
     derived["num_classes"] = num_classes
-    _write_json(dist_info, run_dir / "config.json", {"config": to_dict(cfg), "derived": derived,
-                                                    "train_items": len(train_manifest),
-                                                    "test_items": len(test_manifest)})
-    _print(dist_info, "derived:", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in derived.items()))
+    say = lambda line: _print(dist_info, line)  # noqa: E731
+    resume_path = prepare_run_folder(cfg, run_dir, dist_info, derived=derived, say=say,
+                                     extra_json={"train_items": len(train_manifest),
+                                                 "test_items": len(test_manifest)})
+    say("derived: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in derived.items()))
 
     classifier = build_classifier(cfg, num_classes).to(device)
     _print(dist_info, f"weights: {cfg.model.pretrained or 'random init'} -> {classifier.load_info}")
@@ -227,7 +230,6 @@ def _train(cfg: FinetuneConfig, dist_info: DistInfo, preempt: Preemption) -> Pat
     extra = {"ema": ema} if ema is not None else None
 
     start_step = 0
-    resume_path = ckpt.find_resume(cfg.train.resume, run_dir)
     if resume_path is not None:
         start_step = ckpt.load_training_state(resume_path, model=classifier, optimizer=optimizer, loader=loader,
                                               rank=dist_info.rank, extra=extra)
@@ -238,7 +240,7 @@ def _train(cfg: FinetuneConfig, dist_info: DistInfo, preempt: Preemption) -> Pat
                   prob=a.mixup_prob, label_smoothing=a.label_smoothing)
     augment = (build_rand_augment(a.rand_augment_ops, a.rand_augment_magnitude,
                                   magnitude_std=a.rand_augment_magnitude_std) if a.rand_augment_ops else None)
-    metrics = MetricsWriter(run_dir, enabled=dist_info.is_main)
+    metrics = MetricsWriter(run_dir, enabled=dist_info.is_main, start_step=start_step)
     peak_flops = device_peak_flops(device)
     flops_per_sample = classifier.flops_per_sample(cfg.data.modality)
     models = {"test": classifier} | ({"test_ema": ema.module} if ema is not None else {})
@@ -251,8 +253,7 @@ def _train(cfg: FinetuneConfig, dist_info: DistInfo, preempt: Preemption) -> Pat
     results: dict = {"evals": []}
     stopped_by = "finished"
     run_t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=start_step, disable=not dist_info.is_main, dynamic_ncols=True,
-               desc=cfg.train.run_name or "finetune", unit="step")
+    bar = Progress(total, initial=start_step, desc=cfg.train.run_name or "finetune", enabled=dist_info.is_main)
     data_iter = iter(loader)
     step = start_step
     try:
@@ -307,8 +308,7 @@ def _train(cfg: FinetuneConfig, dist_info: DistInfo, preempt: Preemption) -> Pat
                 values = _log_values(lr, loss_sum, nonfinite, grad_norm, window, flops_per_sample, peak_flops,
                                      dist_info)
                 metrics.write(step, values)
-                bar.set_postfix_str(f"loss={values['loss']:.4f} lr={lr:.2e} "
-                                    f"{values['samples_per_s']:.1f} samples/s", refresh=False)
+                bar.log(step, values)
                 if preempt.agreed(dist_info):
                     _print(dist_info, f"preemption signal: checkpointing at step {step} and exiting")
                     stopped_by = "preempted"
@@ -388,7 +388,7 @@ def _eval_only(cfg: FinetuneConfig, dist_info: DistInfo) -> Path:
     models = {"test": build_classifier(cfg, num_classes, source)}
     state_file = Path(source) / "state.pt" if Path(source).is_dir() else None
     if state_file is not None:
-        ema_state = torch.load(state_file, map_location="cpu", weights_only=True).get("extra", {}).get("ema")
+        ema_state = ckpt.safe_load(state_file).get("extra", {}).get("ema")
         if ema_state is not None:
             models["test_ema"] = build_classifier(cfg, num_classes, ema_state["module"])
     for m in models.values():
