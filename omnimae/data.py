@@ -62,28 +62,31 @@ def prepare_data(cfg: Config, dist_info: DistInfo) -> dict[str, int]:
 
 
 def _generate_if_missing(cfg: Config, dist_info: DistInfo) -> None:
-    """Writes the demo set into each local root that is missing or empty (or holds an earlier demo set,
-    which make_demo_data reuses or remakes); any other root, remote or holding data, is used as it is.
-    Only rank 0 generates; the others wait at a barrier."""
-    import torch.distributed as dist
-
     if cfg.data.synth_if_missing != "demo":
         raise ConfigError(f"data.synth_if_missing: unknown set {cfg.data.synth_if_missing!r} (expected demo)")
+    fill_demo_roots({name: getattr(cfg.data, name).root for name in MODALITIES}, cfg.train.seed, dist_info)
+
+
+def fill_demo_roots(roots: dict[str, str], seed: int, dist_info: DistInfo) -> None:
+    """Writes the demo set into each local root ({modality: root}) that is missing or empty (or holds an
+    earlier demo set, which make_demo_data reuses or remakes); any other root, remote or holding data,
+    is used as it is. Only rank 0 generates; the others wait at a barrier. Fine-tuning uses it too."""
+    import torch.distributed as dist
+
     if dist_info.is_main:
         from loaders.synthetic import DEMO_MARKER, make_demo_data
 
-        roots = {}
-        for name in MODALITIES:
-            root = getattr(cfg.data, name).root
+        folders = {}
+        for name, root in roots.items():
             protocol, local = fsspec.core.split_protocol(root) if root else (None, "")
             if not root or protocol not in (None, "file", "local"):
                 continue  # a URL is never Path()-ed: `http://` would become a folder named `http:`
             folder = Path(local)
             if not folder.exists() or (folder.is_dir() and (not any(folder.iterdir())
                                                             or (folder / DEMO_MARKER).exists())):
-                roots[f"{name}_root"] = folder
-        if roots:
-            make_demo_data(seed=cfg.train.seed, **roots)
+                folders[f"{name}_root"] = folder
+        if folders:
+            make_demo_data(seed=seed, **folders)
     if dist_info.distributed:
         dist.barrier()
 

@@ -246,6 +246,12 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
                                          config=to_dict(cfg), dist_info=dist_info, keep_last=cfg.train.keep_last)
             if cfg.train.vis_every and step % cfg.train.vis_every == 0 and (dist_info.is_main or sharded):
                 _draw(model, last_batches, run_dir, step, metrics, autocast, dist_info)
+    except BaseException:
+        # A stop mid-run (storage down, a bug, Ctrl-C) still stops the loader's threads and closes the
+        # reader's HTTP sessions; the success path closes it after the last checkpoint below.
+        loader.close()
+        metrics.close()
+        raise
     finally:
         bar.close()
         report = profiler.finish()

@@ -20,6 +20,7 @@ from functools import lru_cache
 
 import torch
 
+from loaders.errors import LoaderError
 from loaders.decode.common import DecodeOutput
 from loaders.decode.dali import DALI_CPU_CODECS, DALI_MIXED_CODECS
 
@@ -77,9 +78,10 @@ def choose_backend(backend: str, codec: str | None, device: torch.device) -> tup
     dali_error = dali_import_error()
     if dali_error:
         if backend == "auto":
-            raise RuntimeError(f"no video decoder: PyAV ({pyav_import_error()}) and DALI ({dali_error}) "
-                               "do not import")
-        raise RuntimeError(f"decode backend 'dali' asked for, but DALI does not import: {dali_error}")
+            raise LoaderError(f"no video decoder: PyAV ({pyav_import_error()}) and DALI ({dali_error}) "
+                              "do not import: pip install av")
+        raise LoaderError(f"data.decode_backend=dali, but DALI does not import ({dali_error}): "
+                          f"pip install 'omnimae[gpu]'")
     why = "asked for" if backend == "dali" else f"PyAV does not import ({pyav_import_error()})"
     if on_gpu and (not known or codec in DALI_MIXED_CODECS):
         return "dali", "mixed", f"{why}; NVDEC on the GPU"

@@ -49,14 +49,10 @@ def prepare_manifests(cfg: FinetuneConfig, dist_info: DistInfo):
     """(train manifest, test manifest, num_classes); generates the demo set first if asked to."""
     from loaders.manifest import read_manifest
 
-    if cfg.data.synth_if_missing == "demo" and not Path(manifest_paths(cfg)[0]).exists():
-        if dist_info.is_main:
-            from loaders.synthetic import make_demo_data
+    if cfg.data.synth_if_missing == "demo":
+        from omnimae.data import fill_demo_roots
 
-            kind = {"video_root" if cfg.data.modality == "video" else "image_root": Path(cfg.data.root)}
-            make_demo_data(seed=cfg.train.seed, **kind)
-        if dist_info.distributed:
-            dist.barrier()
+        fill_demo_roots({cfg.data.modality: cfg.data.root}, cfg.train.seed, dist_info)
     manifests = []
     for key, path in zip(("data.train_manifest", "data.val_manifest"), manifest_paths(cfg)):
         try:

@@ -20,6 +20,7 @@ from loaders.decode.common import resized_shape
 from loaders.decode.image import ImageDecoder
 from loaders.decode.pyav import PyAVDecoder
 from loaders.decode.validate import detect_codec, probe_video
+from loaders.errors import LoaderError
 
 WIDTH, HEIGHT, FRAMES, FPS = 64, 48, 24, 12
 BLOCK = 12  # code block width in pixels; 5 blocks along the top 16 rows
@@ -242,7 +243,7 @@ def test_backend_choice(monkeypatch):
 def test_without_dali_auto_is_pyav_and_dali_is_an_error(monkeypatch, caplog):
     monkeypatch.setattr(decode, "dali_import_error", lambda: "ModuleNotFoundError: No module named 'nvidia'")
     assert choose_backend("auto", "vp9", GPU)[:2] == ("pyav", None)
-    with pytest.raises(RuntimeError, match="does not import"):
+    with pytest.raises(LoaderError, match=r"does not import .*pip install 'omnimae\[gpu\]'"):
         choose_backend("dali", "vp9", CPU)
     with caplog.at_level(logging.INFO, logger="loaders.decode"):
         decoder = make_video_decoder("auto", codec="vp9", device="cpu", threads=1)
