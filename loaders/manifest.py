@@ -425,7 +425,7 @@ def _probe_entry(path: Path, label: int, uri: str) -> ManifestEntry | tuple[str,
 def index_folder(root: str | os.PathLike, layout: str = "auto", split: str = "train", *,
                  base_url: str | None = None, relative: bool = False,
                  out: str | os.PathLike | None = None, workers: int = 4,
-                 progress: bool = False) -> IndexResult:
+                 progress: bool = False, allow_empty: bool = False) -> IndexResult:
     """Probe every sample of one split under `root` and build its manifest.
 
     layout:
@@ -441,8 +441,9 @@ def index_folder(root: str | os.PathLike, layout: str = "auto", split: str = "tr
     are base_url + the path below root (point a manifest at a copy in s3://bucket/...); with
     relative they are relative to the manifest's folder (`out`'s, else root). Files that are not
     what their suffix says (see probe_video: an image named .mp4, one frame, audio only, a decode
-    error) go to `skipped` as (uri, reason); raises DataError when nothing is left to write.
-    `out` writes the manifest there.
+    error) go to `skipped` as (uri, reason); raises DataError when nothing is left to write (unless
+    allow_empty and nothing was skipped: a split that is empty on purpose). `out` writes the
+    manifest there.
     Files are probed by `workers` threads (probing is mostly reading, and PyAV releases the GIL).
     """
     root = Path(root)
@@ -475,7 +476,7 @@ def index_folder(root: str | os.PathLike, layout: str = "auto", split: str = "tr
                             desc=f"index {split}", unit="file", disable=not progress))
     entries = [r for r in results if isinstance(r, ManifestEntry)]
     skipped.extend(r for r in results if not isinstance(r, ManifestEntry))
-    if not entries:  # refuse to write an empty manifest a run would only fail on later
+    if not entries and not (allow_empty and not skipped):  # a run would only fail on it later
         first = f"; first: {redact(skipped[0][0])}: {skipped[0][1]}" if skipped else ""
         raise DataError(f"{redact(str(root))}: nothing to index for split {split!r} ({layout} "
                         f"layout): {len(skipped)} file{'s' * (len(skipped) != 1)} skipped{first}")
