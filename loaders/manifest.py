@@ -473,7 +473,8 @@ def index_folder(root: str | os.PathLike, layout: str = "auto", split: str = "tr
     jobs = [(path, label, uri_of(path)) for path, label in items]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(tqdm(pool.map(lambda job: _probe_entry(*job), jobs), total=len(jobs),
-                            desc=f"index {split}", unit="file", disable=not progress))
+                            desc=f"index {split}", unit="file",
+                            disable=None if progress else True))  # None: no bar off a terminal
     entries = [r for r in results if isinstance(r, ManifestEntry)]
     skipped.extend(r for r in results if not isinstance(r, ManifestEntry))
     if not entries and not (allow_empty and not skipped):  # a run would only fail on it later

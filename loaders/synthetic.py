@@ -131,7 +131,8 @@ def _balanced_labels(rng: np.random.Generator, count: int, num_classes: int) -> 
 
 def _run_jobs(function, jobs: list, workers: int, progress: bool, what: str) -> list:
     """Map `function` over `jobs` in order, in `workers` processes, with a progress bar."""
-    bar = tqdm(total=len(jobs), desc=what, unit=what.split()[-1], disable=not progress,
+    # disable=None: no bar when stderr is not a terminal (a Slurm .out file would get only '\r' updates)
+    bar = tqdm(total=len(jobs), desc=what, unit=what.split()[-1], disable=None if progress else True,
                dynamic_ncols=True)
     results = []
     try:
