@@ -247,3 +247,24 @@ def test_a_bug_keeps_its_traceback_without_credentials(capsys):
     assert run_guarded("omnimae-train", body) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "KeyError" in err and PASSWORD not in err
+
+
+def test_tensorboard_drops_the_steps_past_the_resume_point(tmp_path):
+    """The same rule as metrics.jsonl, for TensorBoard: a writer reopened at step 2 purges steps 3-4 of
+    the interrupted run (SummaryWriter's purge_step), so a reader sees each step once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from omnimae.metrics import MetricsWriter
+
+    first = MetricsWriter(tmp_path)
+    for step in (1, 2, 3, 4):
+        first.write(step, {"loss": float(step)})
+    first.close()
+    resumed = MetricsWriter(tmp_path, start_step=2)
+    for step in (3, 4):
+        resumed.write(step, {"loss": 10.0 + step})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0)]
+    assert steps(tmp_path) == [1, 2, 3, 4]
