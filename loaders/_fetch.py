@@ -74,6 +74,7 @@ class FetchOutcome:
     error: str | None
     latency_s: float  # first request issued -> outcome
     attempts: int     # requests issued: first try, retries and hedges
+    transient: bool = False  # the failure may clear on a later read (timeout, 5xx), unlike a 404
 
 
 class _Attempts:
@@ -124,10 +125,10 @@ class Fetcher:
                 break  # this object alone fails, or the outage lasted longer than outage_s
             retry += 1
             self.stats.retries += 1
-        kind = "transient" if is_transient(error) else "permanent"
-        reason = (f"{describe_error(error, self.timeout_s)} "
-                  f"({kind}, {tries.requests} request{'s' * (tries.requests != 1)})")
-        return FetchOutcome(None, reason, self._since(tries), tries.requests)
+        transient = is_transient(error)
+        reason = (f"{describe_error(error, self.timeout_s)} ({'transient' if transient else 'permanent'}, "
+                  f"{tries.requests} request{'s' * (tries.requests != 1)})")
+        return FetchOutcome(None, reason, self._since(tries), tries.requests, transient)
 
     @staticmethod
     def _since(tries: _Attempts) -> float:

@@ -76,6 +76,8 @@ class ReadResult:
 
     latency_s: first request issued -> result (retries and backoff included).
     attempts: requests issued for this object (first try, retries and hedges).
+    transient: the failure may clear on a later read (a timeout, a 5xx); False for a missing or
+        refused object, which a loader may skip for the rest of the run.
     """
 
     key: Any
@@ -84,6 +86,7 @@ class ReadResult:
     error: str | None
     latency_s: float
     attempts: int
+    transient: bool = False
 
     @property
     def ok(self) -> bool:
@@ -131,7 +134,7 @@ class _Session:
         if outcome.error is not None:
             self.stats.failures += 1
         self._ready.append((seq, ReadResult(key, uri, outcome.data, outcome.error,
-                                            outcome.latency_s, outcome.attempts)))
+                                            outcome.latency_s, outcome.attempts, outcome.transient)))
         if len(self._ready) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
 

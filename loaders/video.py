@@ -9,7 +9,7 @@ Items that cannot be read or decoded are replaced by the next items of the epoch
 logged with their uri and reason; nothing stalls and nothing crashes. A damaged item (a decode
 failure, a permanent read failure) is remembered for the run in `bad`, which is part of the
 state: later epochs skip it without fetching it, so it is counted and logged once. A transient
-read failure ("(transient, ..." from the reader) may clear and is not remembered. A run without
+read failure (ReadResult.transient: a timeout, a 5xx) may clear and is not remembered. A run without
 bad items gets the same batches as before; a data set with nothing readable raises DataError.
 
 Two stages run at once (`decode_ahead=1`, the default): a thread of the loader reads and decodes
@@ -210,15 +210,15 @@ class _ItemLoader:
             if result.ok and result.data:
                 out.append((index, result.data))
                 continue
-            self._item_failed(index, result.error or "empty file")
+            self._item_failed(index, result.error or "empty file", may_clear=result.transient)
         return out, waited
 
-    def _item_failed(self, index: int, reason: str) -> None:
+    def _item_failed(self, index: int, reason: str, may_clear: bool = False) -> None:
         """Count and log one failed item, remember it unless the failure may clear (a transient
         read failure); raise once MAX_CONSECUTIVE_FAILURES items in a row failed (reads and
         decodes alike: a data set of only corrupt files must not spin forever)."""
         uri = redact(self.manifest[index].uri)
-        if "(transient," not in reason:
+        if not may_clear:
             self.bad.add(index)
         self.failures += 1
         self._consecutive_failures += 1
