@@ -50,7 +50,7 @@ FPS, SECONDS, HEIGHT = 12.0, 4.0, 240
 def ensure_videos(codec: str, count: int, root: Path | None = None, workers: int = 2,
                   height: int = HEIGHT) -> Manifest:
     """`count` videos of 48 frames, `height` pixels high, in `root` (default benchmarks/out/decode_<codec>)."""
-    from loaders.synthetic import make_video_dataset
+    from loaders.devtools.synthetic import make_video_dataset
 
     root = root or OUT / f"decode_{codec}"
     manifest_path = root / "manifest_train.jsonl"
@@ -78,15 +78,24 @@ def load_clips(manifest: Manifest, num_frames: int, seed: int = 0) -> tuple[list
 
 # ---- measurements --------------------------------------------------------------------------------
 
+def video_settings(replication: int, crop: int, mask_ratio: float):
+    """The paper's SSv2 pretraining assembly (appendix B) at `crop` pixels."""
+    from loaders.assembly import AssemblySettings
+
+    return AssemblySettings(replication=replication, crop_size=crop, crop_scale=(0.08, 1.0), flip_p=0.0,
+                            interpolation="bilinear", mask_ratio=mask_ratio, mask_type="random",
+                            patch_size=(2, 16, 16))
+
+
 def loader_rate(manifest: Manifest, *, replication: int, batch_size: int, batches: int, warmup: int,
                 backend: str, threads: int, device: torch.device, crop: int, num_frames: int,
                 mask_ratio: float = 0.95) -> dict:
     """VideoLoader samples/s and mean stage seconds per batch, after `warmup` batches."""
-    from loaders.video import VideoLoader
+    from loaders.video_loader import VideoLoader
 
-    loader = VideoLoader(manifest, batch_size=batch_size, replication=replication, num_frames=num_frames,
-                         crop_size=crop, mask_ratio=mask_ratio, decode_backend=backend, decode_threads=threads,
-                         device=device, max_in_flight=2 * batch_size)
+    loader = VideoLoader(manifest, video_settings(replication, crop, mask_ratio), batch_size=batch_size,
+                         num_frames=num_frames, decode_backend=backend, decode_threads=threads, device=device,
+                         max_in_flight=2 * batch_size)
     try:
         for _ in range(warmup):
             loader.next_batch()
@@ -138,15 +147,15 @@ def decode_rate(datas: list, indices: list, *, backend: str, threads: int, devic
 def assembly_rate(clips: list[torch.Tensor], *, replication: int, batch_size: int, device: torch.device,
                   crop: int = 224, batches: int = 10) -> dict:
     """assemble_batch samples/s on decoded clips already on `device` (replicate, crop, normalize, mask)."""
-    from loaders.augment import assemble_batch
+    from loaders.assembly import assemble_batch
 
     per_batch = batch_size // replication
     clips = [clips[k % len(clips)] for k in range(per_batch)]
     generator = torch.Generator(device=device).manual_seed(0)
+    settings = video_settings(replication, crop, 0.95)
 
     def one():
-        return assemble_batch(clips, replication=replication, out_size=crop, mask_ratio=0.95,
-                              generator=generator, device=device)
+        return assemble_batch(clips, settings, kind="video", generator=generator, device=device)
 
     one()
     sync(device)

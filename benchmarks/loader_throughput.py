@@ -7,13 +7,13 @@
         --decode-threads 8 --batch-size 64
 
 Loaders, each with the same CPU budget (`--decode-threads`; the baseline's `num_workers`):
-- ours: loaders.video.VideoLoader: AsyncReader pool, auto decode backend (PyAV; `--decode-backend dali` for DALI),
-  replication, crops and masks assembled on `--device`.
+- ours: loaders.video_loader.VideoLoader: AsyncReader pool, auto decode backend (PyAV;
+  `--decode-backend dali` for DALI), replication, crops and masks assembled on `--device`.
 - baseline: benchmarks/baseline_loader.py: a PyTorch DataLoader whose workers read each video
   with a synchronous HTTP GET, decode it with PyAV and replicate it in the collate function.
 
 Data: `--num-videos` generated VP9 videos (SSv2-like, `--height` 240p, cached in `--data`) served
-by loaders.objserver in a child process with each injected latency, or a real store.
+by loaders.devtools.objserver in a child process with each injected latency, or a real store.
 Clips: 16 frames over 2.7 s, short side 256, RandomResizedCrop to `--crop`, 95% of tokens masked.
 Each row pulls `--warmup` batches, then times `--batches` batches of `--batch-size` samples.
 
@@ -51,7 +51,7 @@ import torch  # noqa: E402
 from benchmarks._common import ServerProcess, host_info, measure_step, percentile, sync  # noqa: E402
 from benchmarks.baseline_loader import make_baseline_loader  # noqa: E402
 from loaders.manifest import Manifest, ManifestEntry, read_manifest  # noqa: E402
-from loaders.synthetic import make_demo_data  # noqa: E402
+from loaders.devtools.synthetic import make_demo_data  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 # Both loaders run at each sweep point in turn, so they see the same load from other programs.
@@ -106,12 +106,14 @@ def prepare_sources(args, stack: contextlib.ExitStack) -> list[dict]:
 
 
 def run_ours(manifest: Manifest, replication: int, args, device: torch.device) -> dict:
-    from loaders.video import VideoLoader
+    from loaders.assembly import AssemblySettings
+    from loaders.video_loader import VideoLoader
 
-    loader = VideoLoader(manifest, batch_size=args.batch_size, replication=replication, device=device,
-                         seed=args.seed, crop_size=args.crop, crop_scale=CROP_SCALE, flip_p=0.0,
-                         mask_ratio=MASK_RATIO, max_in_flight=args.in_flight,
-                         decode_threads=args.decode_threads, num_frames=args.frames,
+    settings = AssemblySettings(replication=replication, crop_size=args.crop, crop_scale=CROP_SCALE, flip_p=0.0,
+                                interpolation="bilinear", mask_ratio=MASK_RATIO, mask_type="random",
+                                patch_size=(2, 16, 16))
+    loader = VideoLoader(manifest, settings, batch_size=args.batch_size, device=device, seed=args.seed,
+                         max_in_flight=args.in_flight, decode_threads=args.decode_threads, num_frames=args.frames,
                          window_s=args.window_s, short_side=args.short_side,
                          decode_backend=args.decode_backend)
     try:

@@ -1,7 +1,8 @@
 """Model-only training speed on synthetic tensors: eager vs compiled, fp32 vs bf16, image vs video.
 
-Each measured step is the trainer's: forward (encoder on the visible tokens, decoder on all),
-backward, fused AdamW step. Inputs are random pixels (ImageNet-normalized) and exact-count random
+Each measured step is the trainer's own (`omnimae.engine.TrainStep`, built as the trainer builds
+it by `benchmarks._common.trainer_step`): forward (encoder on the visible tokens, decoder on all),
+backward, the non-finite guard, fused AdamW step. Inputs are random pixels (ImageNet-normalized) and exact-count random
 masks (90% of image tokens, 95% of video tokens hidden), made on the device before timing, so the
 figures hold the model alone, with no loader cost. Compiled means per block, through
 `omnimae.parallel.parallelize` exactly as the trainer does it.
@@ -28,24 +29,22 @@ import os
 import platform
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import host_info  # noqa: E402
+from benchmarks._common import host_info, trainer_step  # noqa: E402
 
 import torch  # noqa: E402
 
 from omnimae import flops as flops_table  # noqa: E402
 from omnimae.masking import make_mask, num_visible  # noqa: E402
 from omnimae.metrics import device_peak_flops  # noqa: E402
-from omnimae.model import IMAGENET_MEAN, IMAGENET_STD, SIZES, build_model  # noqa: E402
-from omnimae.parallel import DistInfo, parallelize  # noqa: E402
-from omnimae.train import param_groups  # noqa: E402
+from omnimae.model import IMAGENET_MEAN, IMAGENET_STD, MODALITIES, SIZES, build_model  # noqa: E402
+from omnimae.config import DataConfig  # noqa: E402
 
-MASK_RATIO = {"image": 0.90, "video": 0.95}
+MASK_RATIO = {m: getattr(DataConfig(), m).mask_ratio for m in MODALITIES}  # the config's (paper) defaults
 DEFAULT_BATCH = {"cpu": 4, "cuda": 64}
 # Distinct synthetic batches cycled through the measured steps (each a fresh mask draw).
 NUM_BATCHES = 2
@@ -81,10 +80,7 @@ class Variant:
         self.modality, self.compiled, self.precision = modality, compiled, precision
         torch.manual_seed(0)
         self.model = build_model(args.model, img_size=args.img_size, num_frames=args.frames).to(device)
-        self.train_model = parallelize(self.model, dist_info=DistInfo(device=device), compile=compiled)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, 0.05), lr=1e-4, betas=(0.9, 0.95),
-                                           fused=True)
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+        self.train_step = trainer_step(self.model, device=device, compile=compiled, precision=precision)
         self.batches = synthetic_batches(self.model, modality, args.batch, args.frames, device, seed=1)
         self.steps_done = 0
         self.warmup_s = 0.0
@@ -95,13 +91,8 @@ class Variant:
             torch.cuda.reset_peak_memory_stats(device)
 
     def step(self) -> None:
-        pixels, mask, visible = self.batches[self.steps_done % NUM_BATCHES]
-        with self.autocast:
-            loss, _ = self.train_model(pixels, mask, visible)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss = loss.detach()
+        batch = iter([self.batches[self.steps_done % NUM_BATCHES]])
+        self.loss = self.train_step(self.steps_done, batch, lr=1e-4).micro[0].loss
         self.steps_done += 1
 
     def warm_up(self, steps: int) -> None:
@@ -148,7 +139,7 @@ class Variant:
         }
 
     def close(self) -> None:
-        del self.model, self.train_model, self.optimizer, self.batches
+        del self.model, self.train_step, self.batches
         torch._dynamo.reset()
         gc.collect()
         if self.device.type == "cuda":

@@ -1,6 +1,6 @@
 """How well AsyncReader hides storage latency, against a one-at-a-time synchronous reader.
 
-Writes `--objects` files of `--size` bytes, serves them with loaders.objserver (in a subprocess,
+Writes `--objects` files of `--size` bytes, serves them with loaders.devtools.objserver (in a subprocess,
 so the server does not share the reader's GIL) at each injected latency, and reads them:
 
 - async: AsyncReader, `--in-flight` requests in flight, ordered delivery, best of `--repeat`;
@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import ServerProcess  # noqa: E402
 
-from loaders._aio_loop import new_event_loop  # noqa: E402
 from loaders.storage import AsyncReader  # noqa: E402
+from loaders.storage.event_loop import new_event_loop  # noqa: E402
 
 
 def write_objects(root: Path, count: int, size: int) -> list[str]:

@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     info = pretraining_info(checkpoint)
     arch = [f"model.name={info['model']}", f"model.img_size={info['img_size']}",
             f"model.num_frames={info['num_frames']}"]
-    from loaders.synthetic import make_demo_data
+    from loaders.devtools.synthetic import make_demo_data
 
     # Seed 1: other videos than the demo's (seed 0) that pretrained the encoder; same classes.
     made = make_demo_data(video_root=args.data, num_train_videos=args.train_videos,

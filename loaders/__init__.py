@@ -1,4 +1,5 @@
-"""The data path: manifests, the asynchronous reader pool, decoding and batch assembly.
+"""The data path: manifest -> item stream (storage reads) -> decode ahead -> assembly -> Batch.
 
-`loaders` knows nothing of the model or the trainer; it may import `omnimae.masking` only.
+VideoLoader, ImageLoader and JointLoader are all a `loaders.protocol.Loader`. `loaders` knows
+nothing of the model or the trainer; it may import `omnimae.masking` only.
 """

@@ -17,7 +17,8 @@ import sys
 
 from collections import Counter
 
-from loaders import manifest, synthetic
+from loaders import manifest
+from loaders.devtools import synthetic
 from loaders.errors import LoaderError
 
 PROG = "omnimae-data"

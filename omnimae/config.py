@@ -20,44 +20,66 @@ import yaml
 
 from loaders.redact import redact
 from omnimae.errors import RunError
+from omnimae.modalities import MODALITIES
 
 
 class ConfigError(RunError, ValueError):
     """A bad key or value; the message names the full key."""
 
 
+# Sections and section bases shared by both config trees (the fine-tuning tree, omnimae.finetune.config,
+# builds on them). A base's fields sit at the top level of the section (data.window_s, data.storage.*):
+# inheritance keeps the keys flat. Each tree sets its own defaults where they differ.
+
+
 @dataclass
-class ModelConfig:
+class EncoderConfig:
+    """The encoder's size and input shape: the model keys both trees share."""
+
     name: str = "base"
-    """Model size: debug, small, base, large or huge (DESIGN.md's table)."""
+    """Model size: debug, small, base, large or huge (the table in docs/design.md)."""
     img_size: int = 224
     """Crop side in pixels the position table is built for."""
     num_frames: int = 16
     """Frames per video clip the position table is built for."""
+
+
+@dataclass
+class ModelConfig(EncoderConfig):
+    """The pretraining model: the encoder keys plus the loss target."""
+
     norm_pix_loss: bool = True
     """Targets are pixels normalized per patch and colour channel (the paper); False = raw pixels."""
 
 
 @dataclass
-class DatasetConfig:
+class SourceConfig:
+    """A data set and how samples are cut from its items: the keys every data set of both trees has."""
+
     root: str = ""
     """Data set folder or fsspec URL (s3://, gs://, http(s)://); empty = not used."""
+    replication: int = 1
+    """Sample replication t: each decoded item becomes t samples, each with its own crop (and mask)."""
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    """RandomResizedCrop area range."""
+    flip_p: float = 0.0
+    """Horizontal flip probability (0 for SSv2: its labels name left and right)."""
+
+
+@dataclass
+class DatasetConfig(SourceConfig):
+    """One pretraining data set: a source plus its manifest, masking and share of an epoch."""
+
     manifest: str = ""
     """Manifest (JSON lines); empty = <root>/manifest_<split>.jsonl."""
     split: str = "train"
     """Split whose manifest is read."""
-    replication: int = 1
-    """Sample replication t: each decoded item becomes t samples with their own crop and mask."""
     mask_ratio: float = 0.9
     """Share of tokens hidden from the encoder."""
     mask_type: str = "random"
     """Masking pattern: random, tube, causal or frame."""
     repeat: float = 1.0
     """Data set ratio in an epoch (paper Fig. 5c): each item counts this many times."""
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    """RandomResizedCrop area range."""
-    flip_p: float = 0.0
-    """Horizontal flip probability."""
 
 
 @dataclass
@@ -87,40 +109,49 @@ class StorageConfig:
 
 
 @dataclass
-class DataConfig:
-    image: DatasetConfig = field(default_factory=lambda: DatasetConfig(
-        mask_ratio=0.9, crop_scale=(0.2, 1.0), flip_p=0.5))
-    """The image data set (ImageNet layout)."""
-    video: DatasetConfig = field(default_factory=lambda: DatasetConfig(
-        replication=4, mask_ratio=0.95, crop_scale=(0.08, 1.0), flip_p=0.0))
-    """The video data set (SSv2 layout)."""
+class ReadConfig:
+    """How items are read and decoded: the `data` keys both trees share."""
+
     window_s: float = 2.7
-    """Clip window in seconds over which the frames are spread (~6 FPS for 16 frames)."""
+    """Clip window in seconds over which the frames are spread (~6 FPS for 16 frames; K400: 2.0)."""
     short_side: int = 256
-    """Decoded frames are resized so their short side has this many pixels."""
+    """Decoded frames are resized so their short side has this many pixels (before the random crop)."""
     decode_backend: str = "auto"
     """Video decoder: auto (PyAV, measured fastest on 240p clips), pyav, or dali (NVDEC on a GPU, its CPU
     decoder for VP8/VP9 otherwise)."""
     decode_threads: int = 2
     """Decoder threads per process (PyAV videos decoded at once): about the CPU cores per GPU."""
     storage: StorageConfig = field(default_factory=StorageConfig)
-    """The storage reader: requests in flight, timeouts, retries, hedging, failure budget, outages."""
+    """The storage reader (one per process, training and test reads alike): requests in flight,
+    timeouts, retries, hedging, failure budget, outages."""
     prefetch: int = 2
-    """Batches decoded ahead of the step."""
+    """Training batches decoded ahead of the step."""
     synth_if_missing: str = ""
-    """Generate this synthetic set (demo) at the roots if their manifests are missing; empty = off."""
+    """Generate this synthetic set (demo) at the data roots if their manifests are missing; empty = off."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec storage options (never logged)."""
 
 
 @dataclass
+class DataConfig(ReadConfig):
+    # The paper's recipes: images are DatasetConfig's defaults (mask 0.9, crop 0.2-1) with flips.
+    image: DatasetConfig = field(default_factory=lambda: DatasetConfig(flip_p=0.5))
+    """The image data set (ImageNet layout)."""
+    video: DatasetConfig = field(default_factory=lambda: DatasetConfig(
+        replication=4, mask_ratio=0.95, crop_scale=(0.08, 1.0)))
+    """The video data set (SSv2 layout)."""
+
+
+@dataclass
 class OptimConfig:
+    """AdamW and its schedule: the keys both trees share (fine-tuning adds layer decay and the EMA)."""
+
     lr: float = 3e-4
     """Peak learning rate at `lr_batch` samples per step; scaled linearly with the global batch."""
     lr_batch: int = 2048
-    """Global batch the peak learning rate refers to."""
+    """Global batch the peak learning rate refers to (the paper's batch for the recipe)."""
     min_lr: float = 0.0
-    """Learning rate at the end of the cosine."""
+    """Learning rate at the end of the cosine (at lr_batch; scaled like lr)."""
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas."""
     weight_decay: float = 0.05
@@ -369,16 +400,74 @@ _FloatLoader.add_implicit_resolver(
 )
 
 
-SIZES = ("debug", "small", "base", "large", "huge")
+SIZES = ("debug", "small", "base", "large", "huge")  # omnimae.model.SIZES (test_config checks they agree)
 RESUME_MODES = ("auto", "never", "force")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 MASK_TYPES = ("random", "tube", "causal", "frame")
+
+
+def patch_side(size: str) -> int:
+    """Spatial patch side of model size `size`, as omnimae.model.SIZES builds it (this module stays
+    torch-free: the model is not imported; test_config checks the two agree)."""
+    return 14 if size == "huge" else 16
 
 
 def need(ok: bool, key: str, why: str) -> None:
     """Raises the one-line ConfigError for `key` unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}: {why}")
+
+
+# The checks of the shared sections, one function each; each tree's validator calls them and checks
+# its own keys.
+
+
+def validate_model(model: EncoderConfig) -> None:
+    """The encoder keys (`model.*`)."""
+    need(model.name in SIZES, "model.name", f"expected one of {', '.join(SIZES)}, got {model.name!r}")
+    patch = patch_side(model.name)
+    need(model.img_size > 0 and model.img_size % patch == 0,
+         "model.img_size", f"must be a positive multiple of the patch size ({patch})")
+    need(model.num_frames > 0 and model.num_frames % 2 == 0, "model.num_frames",
+         "must be a positive even number (temporal patch 2)")
+
+
+def validate_source(source: SourceConfig, key: str, batch_size: int | None) -> None:
+    """A data set's shared keys (`key`: where it sits). batch_size: the global batch its replicas
+    must divide; None = the data set is not used."""
+    need(source.replication >= 1, f"{key}.replication", "must be >= 1")
+    if batch_size is not None:
+        need(batch_size % source.replication == 0, f"{key}.replication",
+             f"must divide train.batch_size ({batch_size})")
+    lo, hi = source.crop_scale
+    need(0 < lo <= hi <= 1, f"{key}.crop_scale", "must satisfy 0 < low <= high <= 1")
+    need(0 <= source.flip_p <= 1, f"{key}.flip_p", "must be in [0, 1]")
+
+
+def validate_read(data: ReadConfig) -> None:
+    """The read and decode keys (`data.*`, `data.storage.*`)."""
+    need(data.window_s > 0, "data.window_s", "must be > 0")
+    need(data.decode_backend in ("auto", "dali", "pyav"), "data.decode_backend", "expected auto, dali or pyav")
+    validate_storage(data.storage, "data.storage")
+    need(data.prefetch >= 1, "data.prefetch", "must be >= 1")
+
+
+def validate_storage(storage: StorageConfig, key: str) -> None:
+    """The reader's settings, in every config tree (`key`: where the section sits)."""
+    need(storage.max_in_flight >= 1, f"{key}.max_in_flight", "must be >= 1")
+    need(storage.timeout_s > 0, f"{key}.timeout_s", "must be > 0")
+    need(storage.retries >= 0, f"{key}.retries", "must be >= 0")
+    need(storage.backoff_max_s > 0, f"{key}.backoff_max_s", "must be > 0")
+    need(storage.hedge_after_s >= 0, f"{key}.hedge_after_s", "must be >= 0 (0 = off)")
+    need(0 <= storage.max_failure_share <= 1, f"{key}.max_failure_share", "must be in [0, 1]")
+    need(storage.outage_s > 0, f"{key}.outage_s", "must be > 0")
+
+
+def validate_optim(optim: OptimConfig) -> None:
+    """The shared optimizer keys (`optim.*`)."""
+    need(optim.lr > 0, "optim.lr", "must be > 0")
+    need(optim.lr_batch >= 1, "optim.lr_batch", "must be >= 1")
+    need(optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
 
 
 def validate_run(train: RunConfig, parallel: ParallelConfig) -> None:
@@ -396,92 +485,88 @@ def validate_run(train: RunConfig, parallel: ParallelConfig) -> None:
     need(train.resume != "", "train.resume", f"expected {', '.join(RESUME_MODES)} or a checkpoint path")
     need(_DEVICE.fullmatch(train.device) is not None, "train.device",
          f"expected auto, cpu, cuda or cuda:N, got {train.device!r}")
-    for name in ("vis_every", "profile_steps"):
-        if hasattr(train, name):
-            need(getattr(train, name) >= 0, f"train.{name}", "must be >= 0")
-
-
-def validate_storage(storage: StorageConfig, key: str) -> None:
-    """The reader's settings, in every config tree (`key`: where the section sits)."""
-    need(storage.max_in_flight >= 1, f"{key}.max_in_flight", "must be >= 1")
-    need(storage.timeout_s > 0, f"{key}.timeout_s", "must be > 0")
-    need(storage.retries >= 0, f"{key}.retries", "must be >= 0")
-    need(storage.backoff_max_s > 0, f"{key}.backoff_max_s", "must be > 0")
-    need(storage.hedge_after_s >= 0, f"{key}.hedge_after_s", "must be >= 0 (0 = off)")
-    need(0 <= storage.max_failure_share <= 1, f"{key}.max_failure_share", "must be in [0, 1]")
-    need(storage.outage_s > 0, f"{key}.outage_s", "must be > 0")
 
 
 def validate(cfg: Config) -> None:
     """Impossible values, each named by its full key."""
 
-    need(cfg.model.name in SIZES, "model.name", f"expected one of {', '.join(SIZES)}, got {cfg.model.name!r}")
-    patch = 14 if cfg.model.name == "huge" else 16
-    need(cfg.model.img_size > 0 and cfg.model.img_size % patch == 0,
-         "model.img_size", f"must be a positive multiple of the patch size ({patch})")
-    need(cfg.model.num_frames > 0 and cfg.model.num_frames % 2 == 0, "model.num_frames",
-         "must be a positive even number (temporal patch 2)")
+    validate_model(cfg.model)
     any_data = False
-    for name in ("image", "video"):
+    for name in MODALITIES:
         ds: DatasetConfig = getattr(cfg.data, name)
         key = f"data.{name}"
         any_data |= bool(ds.root)
-        need(ds.replication >= 1, f"{key}.replication", "must be >= 1")
+        validate_source(ds, key, cfg.train.batch_size if ds.root else None)
         need(0.0 <= ds.mask_ratio < 1.0, f"{key}.mask_ratio", "must be in [0, 1)")
         need(ds.mask_type in MASK_TYPES, f"{key}.mask_type", f"expected one of {', '.join(MASK_TYPES)}")
         need(ds.repeat > 0, f"{key}.repeat", "must be > 0")
-        lo, hi = ds.crop_scale
-        need(0 < lo <= hi <= 1, f"{key}.crop_scale", "must satisfy 0 < low <= high <= 1")
-        need(0 <= ds.flip_p <= 1, f"{key}.flip_p", "must be in [0, 1]")
-        if ds.root:
-            need(cfg.train.batch_size % ds.replication == 0, f"{key}.replication",
-                 f"must divide train.batch_size ({cfg.train.batch_size})")
     need(any_data, "data", "set data.image.root and/or data.video.root")
-    need(cfg.data.decode_backend in ("auto", "dali", "pyav"), "data.decode_backend", "expected auto, dali or pyav")
-    validate_storage(cfg.data.storage, "data.storage")
-    need(cfg.data.prefetch >= 1, "data.prefetch", "must be >= 1")
-    need(cfg.data.window_s > 0, "data.window_s", "must be > 0")
-    need(cfg.optim.lr > 0, "optim.lr", "must be > 0")
-    need(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+    validate_read(cfg.data)
+    validate_optim(cfg.optim)
     validate_run(cfg.train, cfg.parallel)
+    for name in ("vis_every", "profile_steps"):
+        need(getattr(cfg.train, name) >= 0, f"train.{name}", "must be >= 0")
 
 
-def derive(cfg: Config, *, world_size: int, dataset_sizes: dict[str, int]) -> dict[str, Any]:
-    """Values computed from the config in one logged place.
+# ---------------------------------------------------------------------------------------------------
+# Derived values
 
-    dataset_sizes: {"image": items, "video": items} as listed by the manifests (before replication).
+
+def batch_arithmetic(*, world_size: int, global_batch: int, micro_batch: int, replications: dict[str, int],
+                     samples_per_epoch: float, epochs: float, max_steps: int, warmup_epochs: float,
+                     lr: float, min_lr: float, lr_batch: int) -> dict[str, Any]:
+    """Every derived number of a run, from plain numbers: both trees' `derive` is this.
+
+    micro_batch: samples per rank per forward pass, 0 = the per-rank batch. replications: {full key
+    of a replication setting: t}; each t must divide the micro batch (a decoded item's replicas stay
+    in one forward pass). samples_per_epoch: replicas counted. max_steps: 0 = run the epochs.
+    lr and min_lr are at lr_batch samples per step and scale linearly with the global batch.
     """
-    global_batch = cfg.train.batch_size
     if global_batch % world_size:
         raise ConfigError(f"train.batch_size: {global_batch} is not divisible by the world size {world_size}")
     per_rank = global_batch // world_size
-    micro = cfg.train.micro_batch or per_rank
+    micro = micro_batch or per_rank
     if per_rank % micro:
         raise ConfigError(f"train.micro_batch: {micro} does not divide the per-rank batch {per_rank}")
-    for name, size in dataset_sizes.items():
-        rep = getattr(cfg.data, name).replication
+    for key, rep in replications.items():
         if micro % rep:
-            raise ConfigError(f"data.{name}.replication: {rep} does not divide the micro batch {micro}")
-    # An epoch is all samples of both data sets, replicas counted (paper 4.2): replication keeps the
-    # number of updates, it only reads fewer items.
-    samples_per_epoch = sum(n * getattr(cfg.data, k).repeat for k, n in dataset_sizes.items())
+            raise ConfigError(f"{key}: {rep} does not divide the micro batch {micro}")
     steps_per_epoch = max(1, math.floor(samples_per_epoch / global_batch))
-    total_steps = cfg.train.max_steps or max(1, round(cfg.train.epochs * steps_per_epoch))
-    warmup_steps = min(total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch))
-    lr = cfg.optim.lr * global_batch / cfg.optim.lr_batch
+    total_steps = max_steps or max(1, round(epochs * steps_per_epoch))
     return {
         "world_size": world_size,
         "global_batch": global_batch,
         "per_rank_batch": per_rank,
         "micro_batch": micro,
         "accumulation_steps": per_rank // micro,
-        "lr": lr,
-        "min_lr": cfg.optim.min_lr * global_batch / cfg.optim.lr_batch,
+        "lr": lr * global_batch / lr_batch,
+        "min_lr": min_lr * global_batch / lr_batch,
         "samples_per_epoch": samples_per_epoch,
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
-        "warmup_steps": warmup_steps,
+        "warmup_steps": min(total_steps, round(warmup_epochs * steps_per_epoch)),
     }
+
+
+def run_numbers(train: RunConfig, optim: OptimConfig) -> dict[str, Any]:
+    """The arguments of `batch_arithmetic` that sit in the shared train and optim sections."""
+    return dict(global_batch=train.batch_size, micro_batch=train.micro_batch, epochs=train.epochs,
+                max_steps=train.max_steps, warmup_epochs=optim.warmup_epochs, lr=optim.lr,
+                min_lr=optim.min_lr, lr_batch=optim.lr_batch)
+
+
+def derive(cfg: Config, *, world_size: int, dataset_sizes: dict[str, int]) -> dict[str, Any]:
+    """Values computed from the config in one logged place (`batch_arithmetic`).
+
+    dataset_sizes: {"image": items, "video": items} as listed by the manifests (before replication).
+    """
+    sets = {name: getattr(cfg.data, name) for name in dataset_sizes}
+    # An epoch is all samples of both data sets, replicas counted (paper 4.2): replication keeps the
+    # number of updates, it only reads fewer items.
+    return batch_arithmetic(
+        world_size=world_size, **run_numbers(cfg.train, cfg.optim),
+        replications={f"data.{name}.replication": ds.replication for name, ds in sets.items()},
+        samples_per_epoch=sum(n * sets[name].repeat for name, n in dataset_sizes.items()))
 
 
 HIDDEN = "<hidden>"

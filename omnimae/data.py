@@ -10,9 +10,11 @@ from pathlib import Path
 import fsspec
 
 from omnimae.config import Config, ConfigError, DatasetConfig, StorageConfig
+from omnimae.modalities import MODALITIES
 from omnimae.parallel import DistInfo
 
-MODALITIES = ("image", "video")
+# The random resized crop's kernel in pretraining (paper appendix B): bilinear for SSv2, bicubic for IN1K.
+INTERPOLATION = {"image": "bicubic", "video": "bilinear"}
 
 
 def manifest_path(ds: DatasetConfig) -> str:
@@ -22,14 +24,14 @@ def manifest_path(ds: DatasetConfig) -> str:
 
 
 def _options(url: str, storage_options: dict) -> dict:
-    from loaders._backends import protocol_options
+    from loaders.storage.backends import protocol_options
 
     protocol = fsspec.core.split_protocol(url)[0] or "file"
     return {} if protocol == "file" else protocol_options(storage_options, protocol)
 
 
 def _exists(url: str, storage_options: dict) -> bool:
-    from loaders._backends import filesystem_class
+    from loaders.storage.backends import filesystem_class
 
     filesystem_class(fsspec.core.split_protocol(url)[0])  # a missing s3fs/gcsfs: one line naming the extra
     fs, path = fsspec.core.url_to_fs(url, **_options(url, storage_options))
@@ -74,7 +76,7 @@ def fill_demo_roots(roots: dict[str, str], seed: int, dist_info: DistInfo) -> No
     import torch.distributed as dist
 
     if dist_info.is_main:
-        from loaders.synthetic import DEMO_MARKER, make_demo_data
+        from loaders.devtools.synthetic import DEMO_MARKER, make_demo_data
 
         folders = {}
         for name, root in roots.items():
@@ -103,20 +105,22 @@ def build_reader(storage: StorageConfig, storage_options: dict):
                        storage_options=storage_options)
 
 
-def build_train_loader(cfg: Config, derived: dict, dist_info: DistInfo):
+def build_train_loader(cfg: Config, derived: dict, dist_info: DistInfo, *, patch_size: tuple[int, int, int]):
     """The JointLoader over the configured data sets: one modality per micro batch, all reading
-    through one shared reader, which the JointLoader closes."""
-    from loaders.joint import JointLoader
+    through one shared reader, which the JointLoader closes.
+
+    patch_size: the model's (t, h, w) patch: the masks' token grid, and what crops must divide by.
+    """
+    from loaders.assembly import AssemblySettings
+    from loaders.image_loader import ImageLoader
+    from loaders.joint_loader import JointLoader
     from loaders.manifest import read_manifest
-    from loaders.video import ImageLoader, VideoLoader
+    from loaders.video_loader import VideoLoader
 
-    from omnimae.model import SIZES
-
-    patch = SIZES[cfg.model.name].get("patch", (2, 16, 16))
     reader = build_reader(cfg.data.storage, cfg.data.storage_options)
     common = dict(batch_size=derived["micro_batch"], device=dist_info.device, rank=dist_info.rank,
-                  world_size=dist_info.world_size, seed=cfg.train.seed, patch_size=patch,
-                  crop_size=cfg.model.img_size, reader=reader)
+                  world_size=dist_info.world_size, seed=cfg.train.seed, reader=reader,
+                  decode_threads=cfg.data.decode_threads)
     loaders, repeats = {}, {}
     for name in MODALITIES:
         ds: DatasetConfig = getattr(cfg.data, name)
@@ -124,14 +128,15 @@ def build_train_loader(cfg: Config, derived: dict, dist_info: DistInfo):
             continue
         path = manifest_path(ds)
         manifest = read_manifest(path, storage_options=_options(path, cfg.data.storage_options))
-        kwargs = dict(common, replication=ds.replication, mask_ratio=ds.mask_ratio, mask_type=ds.mask_type,
-                      crop_scale=ds.crop_scale, flip_p=ds.flip_p)
+        settings = AssemblySettings(replication=ds.replication, crop_size=cfg.model.img_size,
+                                    crop_scale=ds.crop_scale, flip_p=ds.flip_p, interpolation=INTERPOLATION[name],
+                                    mask_ratio=ds.mask_ratio, mask_type=ds.mask_type, patch_size=patch_size)
         if name == "video":
-            loaders[name] = VideoLoader(manifest, num_frames=cfg.model.num_frames, window_s=cfg.data.window_s,
-                                        short_side=cfg.data.short_side, decode_backend=cfg.data.decode_backend,
-                                        decode_threads=cfg.data.decode_threads, **kwargs)
+            loaders[name] = VideoLoader(manifest, settings, num_frames=cfg.model.num_frames,
+                                        window_s=cfg.data.window_s, short_side=cfg.data.short_side,
+                                        decode_backend=cfg.data.decode_backend, **common)
         else:
-            loaders[name] = ImageLoader(manifest, decode_threads=cfg.data.decode_threads, **kwargs)
+            loaders[name] = ImageLoader(manifest, settings, **common)
         repeats[name] = ds.repeat
     return JointLoader(loaders, repeats=repeats, seed=cfg.train.seed, prefetch=cfg.data.prefetch,
                        world_size=dist_info.world_size, group=derived["accumulation_steps"], reader=reader)

@@ -20,12 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from omnimae.masking import num_visible as count_visible
+from omnimae.modalities import MODALITIES
 
-# Same values as loaders/augment.py (0-1 scale); kept here because the model may not import loaders.
+# Same values as loaders/assembly.py (0-1 scale); kept here because the model may not import loaders.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-MODALITIES = ("image", "video")
 
 
 @dataclass(frozen=True)
@@ -166,6 +165,11 @@ class OmniMAE(nn.Module):
         self.pixel_std.copy_(torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1, 1))
 
     # ---- shapes -------------------------------------------------------------------------------
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        """Patch (t, h, w) in frames and pixels: what a loader's crops and clips must be multiples of."""
+        return tuple(self.config.patch)
 
     def token_grid(self, x_shape) -> tuple[int, int, int]:
         """(t, h, w) tokens of an input shape [B, 3, H, W] (t = 1) or [B, 3, T, H, W]."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loaders._backends import Backends, filesystem_class
+from loaders.storage.backends import Backends, filesystem_class
 from loaders.errors import LoaderError
 
 REPO = Path(__file__).resolve().parents[1]

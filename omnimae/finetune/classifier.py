@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from omnimae.checkpoint import _clean_name, _read_state_dict, load_official
 from omnimae.model import OmniMAE, block_flops, build_model
+from omnimae.weights import clean_name, load_official, read_state_dict
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -62,6 +62,7 @@ class Classifier(nn.Module):
     # Same shape rules as the pretraining model (they read only self.config and self.grid).
     token_grid = OmniMAE.token_grid
     _as_video = OmniMAE._as_video
+    patch_size = OmniMAE.patch_size
 
     def __init__(self, encoder: OmniMAE, num_classes: int, drop_path: float = 0.0):
         super().__init__()
@@ -127,7 +128,7 @@ class Classifier(nn.Module):
         """A classifier from an OmniMAE (or a size name, built with `overrides`) and a checkpoint.
 
         checkpoint (path or state dict; None keeps the model's current weights):
-        - our weight file (omnimae.checkpoint.save_model_weights),
+        - our weight file (omnimae.weights.save_model_weights),
         - a training-state folder `step_XXXXXXXX/` or its `state.pt` (its "model" entry),
         - an official omnivore pretraining checkpoint (encoder + decoder; decoder dropped),
         - an official fine-tuned checkpoint: its pooled norm, and its head when its class count is
@@ -148,8 +149,8 @@ class Classifier(nn.Module):
                                     "head": "new"}
             return classifier
 
-        state = _read_state_dict(_state_file(checkpoint))  # unwraps {"model": ...} (training state)
-        state = {_clean_name(k): v for k, v in state.items()}
+        state = read_state_dict(_state_file(checkpoint))  # unwraps {"model": ...} (training state)
+        state = {clean_name(k): v for k, v in state.items()}
         if any(k.startswith("trunk.") for k in state):
             summary = load_official(model, state)
             classifier = cls(model, num_classes, drop_path)
@@ -177,7 +178,7 @@ def load_encoder_weights(model: OmniMAE, checkpoint) -> str:
     checkpoint: our weight file, a pretraining step_XXXXXXXX/ folder or its state.pt, or an official
     checkpoint (pretraining: the whole model; fine-tuned: the encoder). Not a fine-tuned Classifier.
     """
-    state = {_clean_name(k): v for k, v in _read_state_dict(_state_file(checkpoint)).items()}
+    state = {clean_name(k): v for k, v in read_state_dict(_state_file(checkpoint)).items()}
     if any(k.startswith("trunk.") for k in state):
         return f"official {load_official(model, state)['kind']}"
     if "head.weight" in state and not any(k.startswith("decoder") for k in state):
@@ -212,7 +213,7 @@ def _load_official_head(classifier: Classifier, head: dict[str, torch.Tensor]) -
 
 def _load_exact(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """load_state_dict with every key and shape checked, one error listing all problems."""
-    ours = {_clean_name(k): v for k, v in module.state_dict().items()}
+    ours = {clean_name(k): v for k, v in module.state_dict().items()}
     unknown = sorted(set(state) - set(ours))
     missing = sorted(set(ours) - set(state))
     mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(ours[k].shape)}"
@@ -222,7 +223,7 @@ def _load_exact(module: nn.Module, state: dict[str, torch.Tensor], what: str) ->
                 if items]
     if problems:
         raise ValueError(f"{what} does not fit the model: " + "; ".join(problems))
-    actual = {_clean_name(k): k for k in module.state_dict()}
+    actual = {clean_name(k): k for k in module.state_dict()}
     module.load_state_dict({actual[k]: v for k, v in state.items()})
 
 
@@ -233,7 +234,7 @@ _BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
 def layer_id(name: str, depth: int) -> int:
     """BEiT/MAE layer of a parameter: patch embedding 0, block i -> i + 1, norm and head depth + 1."""
-    name = _clean_name(name)
+    name = clean_name(name)
     if name.startswith("patch_embed.") or name in ("pos_embed", "cls_token"):
         return 0
     match = _BLOCK_INDEX.search(name)

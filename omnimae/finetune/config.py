@@ -1,9 +1,10 @@
-"""Fine-tuning configuration: its own dataclass tree on the pretraining config machinery.
+"""Fine-tuning configuration: its own dataclass tree on the pretraining config's shared sections.
 
 Same rules as `omnimae.config` (defaults < YAML file < `key.sub=value` overrides, one-line errors
-naming the full key, `--help-config` from the field docstrings); `load_config`, `describe` and
-`derive` are the pretraining ones. Defaults are the paper's ViT-B SSv2 recipe
-(Table 5, left); configs/ft_*.yaml hold what differs.
+naming the full key, `--help-config` from the field docstrings); `load_config`, `describe`, the
+shared sections (encoder, data source and reading, optimizer, loop, parallel), their checks and the
+batch arithmetic are the pretraining ones. Defaults are the paper's ViT-B SSv2 recipe (Table 5,
+left); configs/ft_*.yaml hold what differs.
 """
 
 from __future__ import annotations
@@ -12,20 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omnimae.config import (SIZES, Config, DataConfig, DatasetConfig, OptimConfig, ParallelConfig, RunConfig,
-                            StorageConfig, derive, load_config, need, validate_run, validate_storage)
-
-MODALITIES = ("image", "video")
+from omnimae.config import (EncoderConfig, OptimConfig, ParallelConfig, ReadConfig, RunConfig, SourceConfig,
+                            batch_arithmetic, load_config, need, run_numbers, validate_model, validate_optim,
+                            validate_read, validate_run, validate_source)
+from omnimae.modalities import MODALITIES
 
 
 @dataclass
-class FtModelConfig:
-    name: str = "base"
-    """Model size: debug, small, base, large or huge (DESIGN.md's table)."""
-    img_size: int = 224
-    """Crop side in pixels."""
-    num_frames: int = 16
-    """Frames per video clip."""
+class FtModelConfig(EncoderConfig):
+    """The classifier: the encoder keys plus its head, stochastic depth and starting weights."""
+
     num_classes: int = 0
     """Classes of the head; 0 = the train manifest's (its class_names, else the largest label + 1)."""
     drop_path: float = 0.1
@@ -35,39 +32,17 @@ class FtModelConfig:
 
 
 @dataclass
-class FtDataConfig:
+class FtDataConfig(ReadConfig, SourceConfig):
+    """The labelled data set: a source (root, replication, crop, flip), the reading keys, and these."""
+
     modality: str = "video"
     """What the data set holds: image or video."""
-    root: str = ""
-    """Data set folder or fsspec URL (s3://, gs://, http(s)://)."""
     train_manifest: str = ""
     """Training manifest (JSON lines); empty = <root>/manifest_train.jsonl."""
     val_manifest: str = ""
     """Test manifest; empty = <root>/manifest_val.jsonl."""
-    replication: int = 1
-    """Sample replication t: each decoded item becomes t samples with their own crop (K400: 2)."""
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    """RandomResizedCrop area range."""
-    flip_p: float = 0.0
-    """Horizontal flip probability (0 for SSv2: its labels name left and right)."""
     interpolation: str = "bicubic"
     """RandomResizedCrop interpolation, bilinear or bicubic (the paper fine-tunes with bicubic)."""
-    window_s: float = 2.7
-    """Clip window in seconds (SSv2 2.7, K400 2.0)."""
-    short_side: int = 256
-    """Training frames are decoded with this short side before the random crop."""
-    decode_backend: str = "auto"
-    """Video decoder: auto, dali or pyav."""
-    decode_threads: int = 2
-    """Decoder threads per process."""
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    """The storage reader, shared by training and test reads (as in pretraining's data.storage)."""
-    prefetch: int = 2
-    """Training batches decoded ahead of the step."""
-    synth_if_missing: str = ""
-    """Generate this synthetic set (demo) at the root if its manifests are missing; empty = off."""
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    """fsspec storage options (never logged)."""
 
 
 @dataclass
@@ -93,23 +68,11 @@ class AugmentConfig:
 
 
 @dataclass
-class FtOptimConfig:
-    lr: float = 1e-3
-    """Peak learning rate at `lr_batch` samples per step; scaled linearly with the global batch."""
-    lr_batch: int = 512
-    """Global batch the peak learning rate refers to (the paper's batch for the recipe)."""
-    min_lr: float = 1e-6
-    """Learning rate at the end of the cosine (at lr_batch; scaled like lr)."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    weight_decay: float = 0.05
-    """AdamW weight decay (none on biases and norms)."""
+class FtOptimConfig(OptimConfig):
+    """The shared optimizer keys (fine-tuning defaults: FinetuneConfig) plus layer decay and the EMA."""
+
     layer_decay: float = 0.75
     """Layer-wise LR decay: block i trains at lr * decay ** (depth - i) (0.65 ViT-B images, else 0.75)."""
-    warmup_epochs: float = 5.0
-    """Linear warmup length in epochs."""
-    clip_grad: float = 0.0
-    """Gradient norm clipping; 0 = off."""
     ema_decay: float = 0.9999
     """Weight EMA decay per step (paper: EMA 1e-4, i.e. 0.9999); 0 = no EMA."""
 
@@ -140,11 +103,12 @@ class EvalConfig:
 class FinetuneConfig:
     model: FtModelConfig = field(default_factory=FtModelConfig)
     """The classifier and its starting weights."""
-    data: FtDataConfig = field(default_factory=FtDataConfig)
+    data: FtDataConfig = field(default_factory=lambda: FtDataConfig(crop_scale=(0.08, 1.0)))
     """The labelled data set."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Augmentation and mixing on the device."""
-    optim: FtOptimConfig = field(default_factory=FtOptimConfig)
+    optim: FtOptimConfig = field(default_factory=lambda: FtOptimConfig(
+        lr=1e-3, lr_batch=512, min_lr=1e-6, betas=(0.9, 0.999), warmup_epochs=5.0))
     """The optimizer, schedule and EMA."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """The test protocol."""
@@ -160,32 +124,21 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] = ()) -> 
 
 
 def validate(cfg: FinetuneConfig) -> None:
-    """Impossible values, each named by its full key."""
+    """Impossible values, each named by its full key (the shared sections by omnimae.config's checks)."""
 
     m, d, a, o, e, t = cfg.model, cfg.data, cfg.augment, cfg.optim, cfg.eval, cfg.train
-    need(m.name in SIZES, "model.name", f"expected one of {', '.join(SIZES)}, got {m.name!r}")
-    patch = 14 if m.name == "huge" else 16
-    need(m.img_size > 0 and m.img_size % patch == 0, "model.img_size",
-         f"must be a positive multiple of the patch size ({patch})")
-    need(m.num_frames > 0 and m.num_frames % 2 == 0, "model.num_frames", "must be a positive even number")
+    validate_model(m)
     need(m.num_classes >= 0, "model.num_classes", "must be >= 0 (0 = from the manifest)")
     need(0.0 <= m.drop_path < 1.0, "model.drop_path", "must be in [0, 1)")
     need(d.modality in MODALITIES, "data.modality", f"expected image or video, got {d.modality!r}")
     need(bool(d.root) or bool(d.train_manifest and d.val_manifest), "data.root",
          "set data.root (or both data.train_manifest and data.val_manifest)")
-    need(d.replication >= 1, "data.replication", "must be >= 1")
-    need(t.batch_size % d.replication == 0, "data.replication", f"must divide train.batch_size ({t.batch_size})")
+    validate_source(d, "data", t.batch_size)
     need(t.micro_batch == 0 or t.micro_batch % d.replication == 0, "data.replication",
          f"must divide train.micro_batch ({t.micro_batch})")
-    lo, hi = d.crop_scale
-    need(0 < lo <= hi <= 1, "data.crop_scale", "must satisfy 0 < low <= high <= 1")
-    need(0 <= d.flip_p <= 1, "data.flip_p", "must be in [0, 1]")
     need(d.interpolation in ("bilinear", "bicubic"), "data.interpolation", "expected bilinear or bicubic")
-    need(d.window_s > 0, "data.window_s", "must be > 0")
+    validate_read(d)
     need(d.short_side >= m.img_size, "data.short_side", f"must be >= model.img_size ({m.img_size})")
-    need(d.decode_backend in ("auto", "dali", "pyav"), "data.decode_backend", "expected auto, dali or pyav")
-    validate_storage(d.storage, "data.storage")
-    need(d.prefetch >= 1, "data.prefetch", "must be >= 1")
     need(d.synth_if_missing in ("", "demo"), "data.synth_if_missing", "expected demo or empty")
     need(a.rand_augment_ops >= 0, "augment.rand_augment_ops", "must be >= 0")
     need(0 <= a.rand_augment_magnitude <= 10, "augment.rand_augment_magnitude", "must be in [0, 10]")
@@ -194,10 +147,8 @@ def validate(cfg: FinetuneConfig) -> None:
         need(0.0 <= getattr(a, key) <= 1.0, f"augment.{key}", "must be in [0, 1]")
     need(a.mixup >= 0 and a.cutmix >= 0, "augment.mixup", "alphas must be >= 0")
     need(0.0 <= a.label_smoothing < 1.0, "augment.label_smoothing", "must be in [0, 1)")
-    need(o.lr > 0, "optim.lr", "must be > 0")
-    need(o.lr_batch >= 1, "optim.lr_batch", "must be >= 1")
+    validate_optim(o)
     need(0 < o.layer_decay <= 1, "optim.layer_decay", "must be in (0, 1]")
-    need(o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
     need(0.0 <= o.ema_decay < 1.0, "optim.ema_decay", "must be in [0, 1) (0 = off)")
     need(not (o.ema_decay and cfg.parallel.strategy == "fsdp"), "optim.ema_decay",
          "the weight EMA keeps a full copy per process: set it to 0 with parallel.strategy=fsdp")
@@ -220,12 +171,8 @@ def manifest_paths(cfg: FinetuneConfig) -> tuple[str, str]:
 
 
 def derive_finetune(cfg: FinetuneConfig, *, world_size: int, train_items: int) -> dict[str, Any]:
-    """The pretraining `derive` (global / per-rank / micro batch, LR scaling, steps, warmup) on a
-    one-data-set view of this config: the same arithmetic, one place."""
-    view = Config(
-        data=DataConfig(**{cfg.data.modality: DatasetConfig(root=cfg.data.root or "-",
-                                                            replication=cfg.data.replication)}),
-        optim=OptimConfig(lr=cfg.optim.lr, lr_batch=cfg.optim.lr_batch, min_lr=cfg.optim.min_lr,
-                          warmup_epochs=cfg.optim.warmup_epochs),
-        train=cfg.train)
-    return derive(view, world_size=world_size, dataset_sizes={cfg.data.modality: train_items})
+    """The pretraining arithmetic (omnimae.config.batch_arithmetic: global / per-rank / micro batch,
+    LR scaling, steps, warmup) on the one data set: each item counts once, replicas counted."""
+    return batch_arithmetic(world_size=world_size, **run_numbers(cfg.train, cfg.optim),
+                            replications={"data.replication": cfg.data.replication},
+                            samples_per_epoch=float(train_items))

@@ -20,37 +20,39 @@ import torch
 
 from loaders.manifest import Manifest
 from loaders.redact import redact
-from loaders.video import guess_codec
+from loaders.video_loader import guess_codec
 from omnimae.finetune.evaluate import clip_start_times, spatial_crops
 from omnimae.model import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 
-def build_train_loader(cfg, manifest: Manifest, *, micro_batch: int, accumulation: int, dist_info):
+def build_train_loader(cfg, manifest: Manifest, *, micro_batch: int, accumulation: int, dist_info,
+                       patch_size: tuple[int, int, int]):
     """A JointLoader over one VideoLoader or ImageLoader with mask ratio 0 (every token kept).
 
-    cfg: a FinetuneConfig. Yields loaders.batch.Batch: pixels normalized on the device, labels [B].
+    cfg: a FinetuneConfig; patch_size: the model's (t, h, w) patch. Yields loaders.batch.Batch:
+    pixels normalized on the device, labels [B].
     """
-    from loaders.joint import JointLoader
-    from loaders.video import ImageLoader, VideoLoader
-
-    from omnimae.model import SIZES
+    from loaders.assembly import AssemblySettings
+    from loaders.image_loader import ImageLoader
+    from loaders.joint_loader import JointLoader
+    from loaders.video_loader import VideoLoader
 
     from omnimae.data import build_reader
 
     d = cfg.data
     reader = build_reader(d.storage, d.storage_options)  # one per process; the JointLoader closes it
-    kwargs = dict(batch_size=micro_batch, replication=d.replication, device=dist_info.device,
-                  rank=dist_info.rank, world_size=dist_info.world_size, seed=cfg.train.seed,
-                  patch_size=SIZES[cfg.model.name].get("patch", (2, 16, 16)), crop_size=cfg.model.img_size,
-                  crop_scale=d.crop_scale, flip_p=d.flip_p, interpolation=d.interpolation,
-                  mask_ratio=0.0, reader=reader, decode_threads=d.decode_threads)
+    settings = AssemblySettings(replication=d.replication, crop_size=cfg.model.img_size, crop_scale=d.crop_scale,
+                                flip_p=d.flip_p, interpolation=d.interpolation, mask_ratio=0.0, mask_type="random",
+                                patch_size=patch_size)
+    options = dict(batch_size=micro_batch, device=dist_info.device, rank=dist_info.rank,
+                   world_size=dist_info.world_size, seed=cfg.train.seed, reader=reader, decode_threads=d.decode_threads)
     if d.modality == "video":
-        loader = VideoLoader(manifest, num_frames=cfg.model.num_frames, window_s=d.window_s,
-                             short_side=d.short_side, decode_backend=d.decode_backend, **kwargs)
+        loader = VideoLoader(manifest, settings, num_frames=cfg.model.num_frames, window_s=d.window_s,
+                             short_side=d.short_side, decode_backend=d.decode_backend, **options)
     else:
-        loader = ImageLoader(manifest, **kwargs)
+        loader = ImageLoader(manifest, settings, **options)
     return JointLoader({d.modality: loader}, seed=cfg.train.seed, prefetch=d.prefetch,
                        world_size=dist_info.world_size, group=accumulation, reader=reader)
 

@@ -7,7 +7,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from omnimae.checkpoint import _clean_name
+from omnimae.weights import clean_name
 
 
 class ModelEMA:
@@ -46,7 +46,7 @@ class ModelEMA:
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates,
-                "module": {_clean_name(k): v for k, v in self.module.state_dict().items()}}
+                "module": {clean_name(k): v for k, v in self.module.state_dict().items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.decay = float(state["decay"])
@@ -55,4 +55,4 @@ class ModelEMA:
 
 
 def _named(items):
-    return ((_clean_name(name), tensor) for name, tensor in items)
+    return ((clean_name(name), tensor) for name, tensor in items)

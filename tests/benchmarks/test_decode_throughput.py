@@ -13,6 +13,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks import decode_throughput as bench  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The benchmark sets torch's thread count for its process; the test process gets its own back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.timeout(120)
 def test_a_tiny_run_writes_every_section(tmp_path, capsys):
     out = tmp_path / "result.json"

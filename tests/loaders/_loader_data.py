@@ -10,18 +10,25 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from loaders.assembly import AssemblySettings
+from loaders.devtools.synthetic import make_image_dataset, make_video_dataset
+from loaders.image_loader import ImageLoader
 from loaders.manifest import Manifest, index_folder, read_manifest, write_manifest
-from loaders.synthetic import make_image_dataset, make_video_dataset
-from loaders.video import ImageLoader, VideoLoader
+from loaders.video_loader import VideoLoader
 
-SMALL = dict(crop_size=32, patch_size=(2, 16, 16), mask_ratio=0.5, max_in_flight=8, decode_threads=1)
-VIDEO = dict(num_frames=4, short_side=64)
+SMALL = dict(crop_size=32, patch_size=(2, 16, 16), mask_ratio=0.5, mask_type="random")
+# The paper's crops per modality (appendix B): SSv2 scale [0.08, 1], bilinear, no flip; IN1K [0.2, 1], bicubic, flip.
+VIDEO_SETTINGS = dict(SMALL, replication=2, crop_scale=(0.08, 1.0), flip_p=0.0, interpolation="bilinear")
+IMAGE_SETTINGS = dict(SMALL, replication=1, crop_scale=(0.2, 1.0), flip_p=0.5, interpolation="bicubic")
+OPTIONS = dict(max_in_flight=8, decode_threads=1, batch_size=4)
+VIDEO = dict(OPTIONS, num_frames=4, short_side=64, decode_backend="pyav")
+SETTINGS_FIELDS = {f.name for f in fields(AssemblySettings)}
 
 
 def make_videos(root: Path, count: int = 12) -> Manifest:
@@ -60,16 +67,21 @@ def add_bad_files(good: Manifest, folder: Path) -> tuple[Manifest, dict[str, str
     return read_manifest(folder / "manifest_bad.jsonl"), bad
 
 
+def _split(settings: dict, options: dict, overrides: dict) -> tuple[AssemblySettings, dict]:
+    """The overrides of assembly settings (replication, crop_scale, ...) and of loader options."""
+    settings = dict(settings, **{k: v for k, v in overrides.items() if k in SETTINGS_FIELDS})
+    options = dict(options, **{k: v for k, v in overrides.items() if k not in SETTINGS_FIELDS})
+    return AssemblySettings(**settings), options
+
+
 def video_loader(manifest: Manifest, **overrides) -> VideoLoader:
-    kwargs = dict(SMALL, **VIDEO, batch_size=4, replication=2, decode_backend="pyav")
-    kwargs.update(overrides)
-    return VideoLoader(manifest, **kwargs)
+    settings, options = _split(VIDEO_SETTINGS, VIDEO, overrides)
+    return VideoLoader(manifest, settings, **options)
 
 
 def image_loader(manifest: Manifest, **overrides) -> ImageLoader:
-    kwargs = dict(SMALL, batch_size=4, replication=1, crop_scale=(0.2, 1.0), flip_p=0.5)
-    kwargs.update(overrides)
-    return ImageLoader(manifest, **kwargs)
+    settings, options = _split(IMAGE_SETTINGS, OPTIONS, overrides)
+    return ImageLoader(manifest, settings, **options)
 
 
 class DecodeSpy:

@@ -70,7 +70,7 @@ def test_index_reports_skipped_files(tmp_path, capsys):
 
 def test_synth_demo_twice(tmp_path, capsys, monkeypatch):
     # The demo's full size takes a while; the CLI path is the same at any size.
-    import loaders.synthetic as synthetic
+    import loaders.devtools.synthetic as synthetic
     real = synthetic.make_demo_data
     monkeypatch.setattr(synthetic, "make_demo_data", lambda root, **kw: real(
         root, num_train_videos=2, num_val_videos=1, images_per_class_train=1,

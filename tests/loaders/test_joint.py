@@ -11,8 +11,9 @@ import torch
 
 from loaders.decode import dali_import_error
 from loaders.errors import DataError
-from loaders.joint import JointLoader, epoch_order
+from loaders.joint_loader import JointLoader, epoch_order
 from loaders.manifest import Manifest
+from loaders.protocol import Loader
 
 from tests.loaders._loader_data import (add_bad_files, image_loader, make_images, make_videos, same_batch,
                                         video_loader, wait_for_threads)
@@ -160,11 +161,11 @@ def test_state_after_one_batch_ignores_the_prefetched_ones(videos, images):
 
 @pytest.mark.timeout(60)
 def test_a_failing_loader_raises_in_the_consumer_and_close_stops_everything(videos, images, tmp_path, monkeypatch):
-    import loaders.video as video
+    import loaders.item_stream as item_stream
 
     _, bad = add_bad_files(videos[:2], tmp_path)
     corrupt = Manifest([videos[0].__class__(u, 0, 30, 12.0, 2.5) for u, k in bad.items() if k == "corrupt"])
-    monkeypatch.setattr(video, "MAX_CONSECUTIVE_FAILURES", 4)
+    monkeypatch.setattr(item_stream, "MAX_CONSECUTIVE_FAILURES", 4)
     before = set(threading.enumerate())
     loader = JointLoader({"video": video_loader(corrupt)}, prefetch=2)
     # The loader's own error reaches the consumer as itself (the CLI prints it as one line).
@@ -187,3 +188,15 @@ def test_close_leaves_no_live_threads(videos, images, video_backend):
     assert wait_for_threads(before) == []
     with pytest.raises(RuntimeError, match="closed"):
         take(loader, 1)
+
+
+@pytest.mark.timeout(60)
+def test_every_loader_is_a_loader_and_a_batch_carries_measurements_only(videos, images):
+    loader = joint(videos, images)
+    try:
+        assert isinstance(loader, Loader) and all(isinstance(child, Loader) for child in loader.loaders.values())
+        batches = take(loader, 3)
+    finally:
+        loader.close()
+    # The resume point travels beside the batch in the producer's queue, not in its stats.
+    assert all(set(b.stats) == {"read_wait", "decode", "assembly", "items", "skipped"} for b in batches)

@@ -9,10 +9,9 @@ import fsspec
 import numpy as np
 import pytest
 
+from loaders.devtools.synthetic import VIDEO_CLASSES, encode_video, make_image_dataset, make_video_dataset
 from loaders.manifest import (Manifest, ManifestEntry, index_folder, probe_video, read_manifest,
                               write_manifest)
-from loaders.synthetic import (VIDEO_CLASSES, encode_video, make_image_dataset,
-                               make_video_dataset)
 
 ENTRIES = [
     ManifestEntry("/data/videos/1.webm", 3, 48, 12.0, 4.0),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loaders.objserver import ObjectServer, _parse_range
+from loaders.devtools.objserver import ObjectServer, _parse_range
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = bytes(range(256)) * 40  # 10240 bytes
@@ -159,7 +159,7 @@ def test_stop_joins_its_thread():
 def test_command_line(tmp_path):
     (tmp_path / "clip.mp4").write_bytes(b"video")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loaders.objserver", str(tmp_path), "--port", "0",
+        [sys.executable, "-m", "loaders.devtools.objserver", str(tmp_path), "--port", "0",
          "--latency-ms", "10", "--jitter-ms", "2", "--error-rate", "0"],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

@@ -14,11 +14,11 @@ import time
 import pytest
 import torch
 
-from loaders._fetch import Fetcher
-from loaders._stats import ReaderStats
+from loaders.devtools.objserver import ObjectServer
 from loaders.errors import DataError, StorageError
-from loaders.objserver import ObjectServer
 from loaders.storage import AsyncReader
+from loaders.storage.fetch import Fetcher
+from loaders.storage.reader_stats import ReaderStats
 
 
 class FakeStore:
@@ -56,7 +56,7 @@ URIS = [f"http://store/o{i}" for i in range(40)]
 
 
 def test_an_outage_holds_reads_and_skips_nothing(caplog):
-    caplog.set_level(logging.WARNING, logger="loaders.outage")
+    caplog.set_level(logging.WARNING, logger="loaders.storage.outage")
     store = FakeStore(down_s=0.3)
     outcomes, stats, _ = fetch_all(store, URIS)
     assert [o.data for o in outcomes] == [u.encode() for u in URIS]  # none failed
@@ -147,13 +147,12 @@ def test_reader_stops_after_outage_s_with_one_line():
 
 
 class _Failing:
-    """The part of an _ItemLoader a JointLoader uses, failing at the first batch."""
+    """The part of an ItemLoader a JointLoader uses, failing at the first batch."""
 
     def __init__(self, error: BaseException):
         self.error = error
-        self.batch_size, self.manifest = 1, [0] * 4
+        self.batch_size, self.manifest, self.world_size = 1, [0] * 4, 1
         self.device = torch.device("cpu")
-        self.sampler = type("S", (), {"world_size": 1})()
 
     def next_batch(self):
         raise self.error
@@ -171,7 +170,7 @@ class _Failing:
     (ValueError("a bug"), RuntimeError, "^data loader failed: a bug$"),
 ])
 def test_joint_loader_reraises_loader_errors_as_themselves(error, kind, text):
-    from loaders.joint import JointLoader
+    from loaders.joint_loader import JointLoader
 
     loader = JointLoader({"video": _Failing(error)})
     with pytest.raises(kind, match=text) as info:
@@ -181,7 +180,7 @@ def test_joint_loader_reraises_loader_errors_as_themselves(error, kind, text):
 
 
 def test_joint_loader_closes_the_shared_reader():
-    from loaders.joint import JointLoader
+    from loaders.joint_loader import JointLoader
 
     reader = AsyncReader(max_in_flight=2)
     loader = JointLoader({"video": _Failing(ValueError("x"))}, reader=reader)

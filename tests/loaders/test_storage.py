@@ -12,11 +12,10 @@ import aiohttp
 import fsspec
 import pytest
 
-from loaders import _aio_loop
-from loaders.objserver import ObjectServer
+from loaders.devtools.objserver import ObjectServer
 from loaders.redact import redact
-from loaders.retry import FailureBudget, StorageError, backoff_delay, describe_error, is_transient
-from loaders.storage import AsyncReader, ReadResult
+from loaders.storage import AsyncReader, ReadResult, event_loop
+from loaders.storage.retry import FailureBudget, StorageError, backoff_delay, describe_error, is_transient
 
 
 def payload(i: int) -> bytes:
@@ -234,7 +233,7 @@ def eventually(condition, timeout_s: float = 2.0) -> bool:
     return True
 
 
-def loop_tasks(loop_thread: _aio_loop.LoopThread) -> set:
+def loop_tasks(loop_thread: event_loop.LoopThread) -> set:
     async def others():
         return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
     return loop_thread.run(others(), timeout=5)
@@ -453,7 +452,7 @@ def test_a_reader_never_closed_leaves_no_unclosed_session_at_exit(tmp_path):
 
     script = tmp_path / "unclosed.py"
     script.write_text(
-        "from loaders.objserver import ObjectServer\n"
+        "from loaders.devtools.objserver import ObjectServer\n"
         "from loaders.storage import AsyncReader\n"
         "srv = ObjectServer({'a': b'1'}).start()\n"
         "reader = AsyncReader(max_in_flight=2)\n"

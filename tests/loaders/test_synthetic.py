@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loaders import synthetic
+from loaders.devtools import synthetic
+from loaders.devtools.synthetic import (IMAGE_CLASSES, VIDEO_CLASSES, make_background, make_demo_data,
+                                        make_image_dataset, make_video_dataset, read_frame_index,
+                                        render_clip, sample_clip_spec, stamp_frame_index)
 from loaders.manifest import read_manifest
-from loaders.synthetic import (IMAGE_CLASSES, VIDEO_CLASSES, make_background, make_demo_data,
-                               make_image_dataset, make_video_dataset, read_frame_index,
-                               render_clip, sample_clip_spec, stamp_frame_index)
 
 TINY = dict(height=48, min_s=2, max_s=3, progress=False)
 

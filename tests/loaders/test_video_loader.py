@@ -12,13 +12,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-import loaders.video as video
+import loaders.item_loader as item_loader
+import loaders.item_stream as item_stream
 from loaders.decode import dali_import_error
+from loaders.devtools.objserver import ObjectServer
+from loaders.devtools.synthetic import make_video_dataset
 from loaders.errors import DataError
 from loaders.manifest import Manifest, index_folder
-from loaders.objserver import ObjectServer
 from loaders.storage import AsyncReader
-from loaders.synthetic import make_video_dataset
 
 from tests.loaders._loader_data import (DecodeSpy, add_bad_files, image_loader, make_images, make_videos, same_batch,
                                         video_loader, wait_for_threads)
@@ -103,7 +104,7 @@ def test_replicas_share_the_clip_but_not_the_crop_or_mask(videos):
 def test_bad_files_are_replaced_counted_and_logged(with_bad_files, backend, caplog):
     manifest, bad = with_bad_files  # 8 good + corrupt, truncated, empty, missing
     loader = video_loader(manifest, decode_backend=backend, batch_size=4, replication=2, decode_ahead=0)
-    caplog.set_level(logging.WARNING, logger="loaders.video")
+    caplog.set_level(logging.WARNING, logger="loaders.item_stream")
     try:
         # 6 batches x 2 items = 12 good items: the whole first epoch (all 12 entries) is read.
         for _ in range(6):
@@ -112,9 +113,9 @@ def test_bad_files_are_replaced_counted_and_logged(with_bad_files, backend, capl
     finally:
         loader.close()
     logged = [r.getMessage() for r in caplog.records if "skipped video item" in r.getMessage()]
-    assert loader.failures == len(logged) >= len(bad)
-    assert {uri for uri, _ in loader.failure_log} == set(bad)  # only the bad files, each of them
-    reasons = {bad[uri]: reason for uri, reason in loader.failure_log}
+    assert loader.stream.failures == len(logged) >= len(bad)
+    assert {uri for uri, _ in loader.stream.failure_log} == set(bad)  # only the bad files, each of them
+    reasons = {bad[uri]: reason for uri, reason in loader.stream.failure_log}
     assert "empty" in reasons["empty"]
     assert "No such file" in reasons["missing"] or "FileNotFound" in reasons["missing"]
     assert "frames" in reasons["truncated"] or "decode" in reasons["truncated"]
@@ -122,8 +123,8 @@ def test_bad_files_are_replaced_counted_and_logged(with_bad_files, backend, capl
         assert any(uri in message for message in logged), f"{kind} file not logged with its uri"
     stats = loader.stats()
     # Files that were read but failed to decode count as items; unreadable ones never reach it.
-    assert stats["items"] - stats["decoded"] + sum(r.startswith(("missing", "empty")) for r in
-                                                   (bad[u] for u, _ in loader.failure_log)) == loader.failures
+    unread = sum(bad[u].startswith(("missing", "empty")) for u, _ in loader.stream.failure_log)
+    assert stats["items"] - stats["decoded"] + unread == loader.stream.failures
     assert stats["decoded"] == 12
 
 
@@ -140,8 +141,8 @@ def test_http_404_is_replaced(videos, tmp_path):
         finally:
             loader.close()
     assert all(len(b) == 4 for b in batches)
-    assert loader.failures in (1, 2)  # 6 items of a 5-entry epoch: read once or twice
-    for uri, reason in loader.failure_log:
+    assert loader.stream.failures in (1, 2)  # 6 items of a 5-entry epoch: read once or twice
+    for uri, reason in loader.stream.failure_log:
         assert uri.endswith("gone.webm") and ("404" in reason or "FileNotFound" in reason)
 
 
@@ -156,16 +157,16 @@ def test_a_data_set_of_only_bad_files_raises_instead_of_spinning(with_bad_files,
             loader.next_batch()
     finally:
         loader.close()
-    assert loader.failures == 2
+    assert loader.stream.failures == 2
     # Many distinct bad items in a row stop the run before a whole epoch is tried.
-    monkeypatch.setattr(video, "MAX_CONSECUTIVE_FAILURES", 6)
+    monkeypatch.setattr(item_stream, "MAX_CONSECUTIVE_FAILURES", 6)
     loader = video_loader(Manifest(corrupt * 5), batch_size=2, replication=1)
     try:
         with pytest.raises(DataError, match="6 video items in a row could not be read or decoded"):
             loader.next_batch()
     finally:
         loader.close()
-    assert loader.failures == 6
+    assert loader.stream.failures == 6
 
 
 class ReadSpy:
@@ -193,7 +194,7 @@ def skip_lines(caplog) -> list[str]:
 @pytest.mark.parametrize("max_in_flight", [2, 8])  # 8: reads sent 16 ahead, past the 12-entry epoch
 def test_damaged_items_are_read_decoded_counted_and_logged_once(with_bad_files, max_in_flight, caplog):
     manifest, bad = with_bad_files  # 12 entries, 4 bad: 8 good items = 4 batches an epoch
-    caplog.set_level(logging.WARNING, logger="loaders.video")
+    caplog.set_level(logging.WARNING, logger="loaders.item_stream")
     loader = video_loader(manifest, batch_size=4, replication=2, decode_ahead=0, max_in_flight=max_in_flight)
     reads, decodes = ReadSpy(loader), DecodeSpy(loader, manifest)
     try:
@@ -201,7 +202,7 @@ def test_damaged_items_are_read_decoded_counted_and_logged_once(with_bad_files, 
             loader.next_batch()
     finally:
         loader.close()
-    assert loader.failures == 4 and {manifest[i].uri for i in loader.bad} == set(bad)
+    assert loader.stream.failures == 4 and {manifest[i].uri for i in loader.stream.bad} == set(bad)
     lines = skip_lines(caplog)
     assert len(lines) == 4 and all(sum(uri in line for line in lines) == 1 for uri in bad)
     assert all(decodes.uris.count(uri) <= 1 for uri in bad)  # corrupt, truncated: decoded once
@@ -231,7 +232,7 @@ def test_remembered_bad_items_survive_a_resume(with_bad_files, caplog):
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
     assert {manifest[i].uri for i in state["bad"]} == set(bad) and state["failures"] == 4
-    caplog.set_level(logging.WARNING, logger="loaders.video")
+    caplog.set_level(logging.WARNING, logger="loaders.item_stream")
     caplog.clear()  # the two runs above logged the 4 items once each
     resumed = make()
     reads = ReadSpy(resumed)
@@ -242,7 +243,7 @@ def test_remembered_bad_items_survive_a_resume(with_bad_files, caplog):
         resumed.close()
     assert all(same_batch(a, b) for a, b in zip(expected, got))
     assert reads.uris and not set(reads.uris) & set(bad)  # never fetched again
-    assert resumed.failures == 4 and skip_lines(caplog) == []
+    assert resumed.stream.failures == 4 and skip_lines(caplog) == []
 
 
 @pytest.mark.timeout(60)
@@ -260,10 +261,10 @@ def test_a_transient_read_failure_is_not_remembered(videos):
                     loader.next_batch()
             finally:
                 loader.close()
-            reasons = dict(loader.failure_log)
+            reasons = dict(loader.stream.failure_log)
     assert "(transient," in reasons[entries[0].uri] and "(permanent," in reasons[entries[4].uri]
-    assert {loader.manifest[i].uri for i in loader.bad} == {entries[4].uri}  # the 404 only
-    assert loader.failures == 2
+    assert {loader.manifest[i].uri for i in loader.stream.bad} == {entries[4].uri}  # the 404 only
+    assert loader.stream.failures == 2
     assert hashlib.sha1(objects["0.webm"]).hexdigest() in decodes.digests  # read again, and decoded
 
 
@@ -403,7 +404,7 @@ def test_decode_ahead_state_counts_batches_handed_out(videos):
 @pytest.mark.timeout(60)
 def test_decode_ahead_decodes_the_next_batch_during_assembly(videos, monkeypatch):
     """With a slow assembly, batch k+1's decode starts before batch k's assembly ends."""
-    real_assemble = video.assemble_batch
+    real_assemble = item_loader.assemble_batch
     assembling, overlapped = threading.Event(), []
 
     def slow_assemble(*args, **kwargs):
@@ -414,7 +415,7 @@ def test_decode_ahead_decodes_the_next_batch_during_assembly(videos, monkeypatch
         finally:
             assembling.clear()
 
-    monkeypatch.setattr(video, "assemble_batch", slow_assemble)
+    monkeypatch.setattr(item_loader, "assemble_batch", slow_assemble)
     loader = video_loader(videos, batch_size=4, replication=2)
     decode = loader.decoder.decode
 
@@ -459,7 +460,7 @@ def test_dali_without_nvdec_sends_h264_items_to_pyav(mixed_codecs, case, caplog)
             assert len(batch) == 8 and batch.stats["skipped"] == 0
     finally:
         loader.close()
-    assert loader.failures == 0 and loader.decoded == 16
+    assert loader.stream.failures == 0 and loader.stream.decoded == 16
     assert sorted(spy.uris) == sorted(2 * [e.uri for e in entries])  # every item, both epochs
     routed = [r.getMessage() for r in caplog.records if "decoded with PyAV" in r.getMessage()]
     assert len(routed) == 1 and "cannot decode h264" in routed[0]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-import loaders.video as video
+import loaders.item_stream as item_stream
+import omnimae.engine as engine_module
 import omnimae.train as train_module
 from omnimae.config import load_config
 
@@ -17,22 +18,22 @@ def main(data_root: str, out: str) -> None:
 
     rank = int(os.environ["RANK"])
     read: dict[str, list[int]] = {"image": [], "video": []}
-    real_next_reads = video._ItemLoader._next_reads
+    real_next_reads = item_stream.ItemStream.next_reads
 
     def recording_next_reads(self, n):
         items, waited = real_next_reads(self, n)
         read[self.modality].extend(int(index) for index, _ in items)
         return items, waited
 
-    video._ItemLoader._next_reads = recording_next_reads
+    item_stream.ItemStream.next_reads = recording_next_reads
     models = []
-    real_parallelize = train_module.parallelize
+    real_parallelize = engine_module.parallelize
 
     def keep(model, **kwargs):
         models.append(model)
         return real_parallelize(model, **kwargs)
 
-    train_module.parallelize = keep
+    engine_module.parallelize = keep
     cfg = load_config(None, tiny_overrides(Path(data_root), Path(out) / "runs",
                                            **{"train.max_steps": 6, "train.batch_size": 8}))
     train_module.train(cfg)

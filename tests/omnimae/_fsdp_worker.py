@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import omnimae.engine as engine_module
 import omnimae.train as train_module
 from omnimae.config import load_config
 
@@ -19,7 +20,7 @@ def main(data_root: str, out: str, run_name: str, max_steps: str) -> None:
     from tests.omnimae.conftest import tiny_overrides
 
     seen = {}
-    real_parallelize = train_module.parallelize
+    real_parallelize = engine_module.parallelize
 
     def recording_parallelize(model, **kwargs):
         wrapped = real_parallelize(model, **kwargs)
@@ -30,7 +31,7 @@ def main(data_root: str, out: str, run_name: str, max_steps: str) -> None:
                                                 for b in list(model.blocks) + list(model.decoder_blocks))
         return wrapped
 
-    train_module.parallelize = recording_parallelize
+    engine_module.parallelize = recording_parallelize
     overrides = tiny_overrides(Path(data_root), Path(out) / "runs", **{
         "train.max_steps": int(max_steps), "train.batch_size": 8, "train.run_name": run_name,
         "parallel.strategy": "fsdp", "parallel.activation_checkpointing": "true"})

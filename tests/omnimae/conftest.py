@@ -9,7 +9,7 @@ from omnimae.config import load_config
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
-    from loaders.synthetic import make_demo_data
+    from loaders.devtools.synthetic import make_demo_data
 
     root = tmp_path_factory.mktemp("tiny_data")
     make_demo_data(video_root=root / "videos", image_root=root / "images", num_train_videos=16,

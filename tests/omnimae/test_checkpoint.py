@@ -1,191 +1,179 @@
+"""omnimae.checkpoint: the training state (exact resume), its manifest, and choosing what to resume.
+
+The trainers' end-to-end resume tests are in test_train.py, test_run_safety.py and
+test_finetune_train.py; these call the functions directly."""
+
+import json
+import os
+import random
+
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from omnimae.checkpoint import load_model_weights, load_official, save_model_weights
-from omnimae.masking import make_mask
-from omnimae.model import build_model, get_sinusoid_encoding_table
+from omnimae import checkpoint as ckpt
+from omnimae.errors import CheckpointError
+from omnimae.parallel import DistInfo
+from omnimae.weights import safe_load
 
-TINY = dict(img_size=32, num_frames=4)
+
+class FakeLoader:
+    """The loader protocol's state half: a position that state_dict() reports and load_state_dict() sets."""
+
+    def __init__(self, position=0):
+        self.position = position
+        self.loaded = []
+
+    def state_dict(self):
+        return {"position": self.position, "bad": ["s3://bucket/broken.mp4"]}
+
+    def load_state_dict(self, state):
+        self.loaded.append(state)
+        self.position = state["position"]
+
+    def stats(self):
+        return {}
+
+    def close(self):
+        pass
 
 
-def tiny_model(seed, **overrides):
+def model_and_optimizer(seed=0):
     torch.manual_seed(seed)
-    return build_model("debug", **{**TINY, **overrides})
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()  # the optimizer has state (exp_avg) to save
+    return model, optimizer
 
 
-def official_state_dict(model, finetune_classes=None):
-    """Our weights under the official omnivore names, written out name by name."""
-    c = model.config
-    sd = {}
-    if finetune_classes is None:
-        sd["trunk.mask_token"] = model.mask_token.detach().reshape(1, c.dim).clone()
-    table = get_sinusoid_encoding_table(model.pos_embed.shape[1], c.dim)
-    sd["trunk.pos_embed"] = table
-    sd["trunk.patch_embed.proj.1.weight"] = model.patch_embed.weight.detach().clone()
-    sd["trunk.patch_embed.proj.1.bias"] = model.patch_embed.bias.detach().clone()
-
-    def block(prefix, blk):
-        for part in ("norm1", "norm2"):
-            sd[f"{prefix}.{part}.weight"] = getattr(blk, part).weight.detach().clone()
-            sd[f"{prefix}.{part}.bias"] = getattr(blk, part).bias.detach().clone()
-        sd[f"{prefix}.attn.qkv.weight"] = blk.attn.qkv.weight.detach().clone()
-        if blk.attn.qkv.bias is not None:
-            sd[f"{prefix}.attn.qkv.bias"] = blk.attn.qkv.bias.detach().clone()
-        for part in ("attn.proj", "mlp.fc1", "mlp.fc2"):
-            layer = blk.get_submodule(part)
-            sd[f"{prefix}.{part}.weight"] = layer.weight.detach().clone()
-            sd[f"{prefix}.{part}.bias"] = layer.bias.detach().clone()
-
-    for i, blk in enumerate(model.blocks):
-        block(f"trunk.blocks.{i}", blk)
-    sd["trunk.norm.weight"] = model.norm.weight.detach().clone()
-    sd["trunk.norm.bias"] = model.norm.bias.detach().clone()
-    if finetune_classes is not None:
-        sd["head.weight"] = torch.randn(finetune_classes, c.dim)
-        sd["head.bias"] = torch.randn(finetune_classes)
-        return sd
-    sd["trunk.decoder.pos_embed"] = table.clone()
-    sd["trunk.decoder.decoder_embed.weight"] = model.decoder_embed.weight.detach().clone()
-    sd["trunk.decoder.decoder_embed.bias"] = model.decoder_embed.bias.detach().clone()
-    for i, blk in enumerate(model.decoder_blocks):
-        block(f"trunk.decoder.decoder_blocks.{i}", blk)
-    sd["trunk.decoder.norm.weight"] = model.decoder_norm.weight.detach().clone()
-    sd["trunk.decoder.norm.bias"] = model.decoder_norm.bias.detach().clone()
-    sd["head.weight"] = model.decoder_pred.weight.detach().clone()
-    sd["head.bias"] = model.decoder_pred.bias.detach().clone()
-    return sd
+def save(run_dir, step, model, optimizer, loader, keep_last=3, **kwargs):
+    return ckpt.save_training_state(run_dir, step=step, model=model, optimizer=optimizer, loader=loader,
+                                    config={"train": {"seed": 0}}, dist_info=DistInfo(), keep_last=keep_last,
+                                    **kwargs)
 
 
-def run(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 3, 4, 32, 32, generator=g)
-    mask = make_mask("random", 2, model.token_grid(x.shape), 0.5, generator=g)
-    with torch.no_grad():
-        return model(x, mask, 4)
+def test_round_trip_restores_model_optimizer_loader_step_and_rng(tmp_path):
+    model, optimizer = model_and_optimizer(0)
+    loader = FakeLoader(position=96)
+    torch.manual_seed(5), random.seed(5), np.random.seed(5)
+    folder = save(tmp_path, 12, model, optimizer, loader)
+    expected = (torch.rand(3), random.random(), np.random.rand())  # what follows the save
+
+    assert folder == tmp_path / "step_00000012"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.json", "rank_00000.pt", "state.pt"]
+    assert ckpt.verify_checkpoint(folder) is None
+    assert ckpt.saved_config(folder) == {"train": {"seed": 0}}
+
+    fresh_model, fresh_optimizer = model_and_optimizer(1)
+    fresh_loader = FakeLoader()
+    torch.manual_seed(99), random.seed(99), np.random.seed(99)
+    step = ckpt.load_training_state(folder, model=fresh_model, optimizer=fresh_optimizer, loader=fresh_loader)
+
+    assert step == 12
+    assert fresh_loader.loaded == [loader.state_dict()] and fresh_loader.position == 96
+    for a, b in zip(model.state_dict().values(), fresh_model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"],
+                       optimizer.state_dict()["state"][0]["exp_avg"])
+    got = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
 
 
-def test_vit_b_official_layout_has_201_entries():
-    with torch.device("meta"):
-        model = build_model("base")
-    sd = official_state_dict(model)
-    assert len(sd) == 201
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    assert shapes["trunk.mask_token"] == (1, 768)
-    assert shapes["trunk.pos_embed"] == (1, 1568, 768)
-    assert shapes["trunk.decoder.pos_embed"] == (1, 1568, 768)
-    assert shapes["trunk.patch_embed.proj.1.weight"] == (768, 3, 2, 16, 16)
-    assert shapes["trunk.blocks.11.attn.qkv.weight"] == (2304, 768)
-    assert shapes["trunk.blocks.0.mlp.fc1.weight"] == (3072, 768)
-    assert shapes["trunk.decoder.decoder_embed.weight"] == (384, 768)
-    assert shapes["trunk.decoder.decoder_blocks.3.attn.qkv.weight"] == (1152, 384)
-    assert "trunk.decoder.decoder_blocks.0.attn.qkv.bias" not in shapes
-    assert shapes["head.weight"] == (1536, 384)
+def test_no_loader_means_no_loader_state(tmp_path):
+    model, optimizer = model_and_optimizer()
+    folder = save(tmp_path, 3, model, optimizer, loader=None)
+    assert safe_load(folder / "rank_00000.pt")["loader"] is None
+    loader = FakeLoader(position=7)
+    assert ckpt.load_training_state(folder, model=model, optimizer=optimizer, loader=loader) == 3
+    assert loader.loaded == [] and loader.position == 7  # nothing saved: the loader is left as it is
+    with_state = save(tmp_path / "b", 4, model, optimizer, FakeLoader(position=5))
+    assert ckpt.load_training_state(with_state, model=model, optimizer=optimizer, loader=None) == 4
 
 
-def test_vit_b_official_layout_loads():
-    with torch.device("meta"):
-        source = build_model("base")
-    sd = {k: torch.zeros(v.shape) for k, v in official_state_dict(source).items()}
-    for k in ("trunk.pos_embed", "trunk.decoder.pos_embed"):
-        sd[k] = get_sinusoid_encoding_table(1568, 768)
-    target = build_model("base")
-    summary = load_official(target, sd)
-    assert summary["kind"] == "pretrain" and summary["loaded"] == 199  # 201 minus the two tables
-    assert (target.blocks[5].attn.qkv.weight == 0).all()
+def test_files_hold_unwrapped_names(tmp_path):
+    model, optimizer = model_and_optimizer()
+    wrapper = nn.Module()
+    wrapper.module = model  # DDP's attribute name: `module.` prefixes
+    folder = save(tmp_path, 1, wrapper, optimizer, None)
+    assert sorted(safe_load(folder / "state.pt")["model"]) == sorted(model.state_dict())
 
 
-def test_pretrain_round_trip(tmp_path):
-    source, target = tiny_model(0), tiny_model(1)
-    assert not torch.equal(run(source)[1], run(target)[1])
-    path = tmp_path / "omnimae_pretrain.pth"
-    torch.save({"model": official_state_dict(source)}, path)  # wrapped, as training states are
-    summary = load_official(target, str(path))
-    assert summary["kind"] == "pretrain" and summary["head"] is None and summary["notes"] == []
-    loss_a, pred_a = run(source)
-    loss_b, pred_b = run(target)
-    assert torch.equal(pred_a, pred_b) and torch.equal(loss_a, loss_b)
+def test_keep_last_and_latest_usable_checkpoint(tmp_path):
+    model, optimizer = model_and_optimizer()
+    for step in (1, 2, 3, 4):
+        save(tmp_path, step, model, optimizer, FakeLoader(step), keep_last=2)
+    assert [p.name for p in ckpt.checkpoint_dirs(tmp_path)] == ["step_00000003", "step_00000004"]
+    assert ckpt.find_resume("auto", tmp_path) == tmp_path / "step_00000004"
+    assert ckpt.find_resume("never", tmp_path) is None
+    assert ckpt.find_resume("auto", tmp_path / "empty") is None
 
 
-def test_trunk_and_head_wrapping():
-    source, target = tiny_model(0), tiny_model(1)
-    sd = official_state_dict(source)
-    nested = {"trunk": {k[len("trunk."):]: v for k, v in sd.items() if k.startswith("trunk.")},
-              "head": {k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")}}
-    load_official(target, {"state_dict": nested})
-    assert torch.equal(run(source)[1], run(target)[1])
+def test_a_damaged_newest_checkpoint_is_set_aside(tmp_path, caplog):
+    model, optimizer = model_and_optimizer()
+    save(tmp_path, 1, model, optimizer, None)
+    newest = save(tmp_path, 2, model, optimizer, None)
+    with open(newest / "state.pt", "r+b") as f:  # same size, different bytes
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    assert "checksum" in ckpt.verify_checkpoint(newest)
+    assert ckpt.find_resume("auto", tmp_path) == tmp_path / "step_00000001"
+    assert (tmp_path / "step_00000002.unusable").is_dir()
+    with pytest.raises(CheckpointError, match="unusable"):
+        ckpt.find_resume(str(tmp_path / "step_00000002.unusable"), tmp_path)
 
 
-def test_finetune_checkpoint_loads_encoder_and_returns_head():
-    source, target = tiny_model(0), tiny_model(1)
-    decoder_before = target.decoder_embed.weight.clone()
-    sd = official_state_dict(source, finetune_classes=10)
-    summary = load_official(target, sd)
-    assert summary["kind"] == "finetune"
-    assert set(summary["head"]) == {"weight", "bias"}
-    assert torch.equal(summary["head"]["weight"], sd["head.weight"])
-    x = torch.randn(2, 3, 4, 32, 32)
-    mask = torch.zeros(2, 8, dtype=torch.bool)
-    with torch.no_grad():
-        assert torch.equal(source.forward_encoder(x, mask, 8)[0], target.forward_encoder(x, mask, 8)[0])
-    assert torch.equal(target.decoder_embed.weight, decoder_before)  # no decoder in the file
+def test_a_torn_file_and_a_missing_manifest(tmp_path):
+    model, optimizer = model_and_optimizer()
+    folder = save(tmp_path, 1, model, optimizer, None)
+    (folder / "rank_00000.pt").write_bytes((folder / "rank_00000.pt").read_bytes()[:10])
+    assert "torn" in ckpt.verify_checkpoint(folder)
+    older = save(tmp_path / "old", 1, model, optimizer, None)
+    (older / ckpt.MANIFEST).unlink()  # written before manifests existed: it must load instead
+    assert ckpt.verify_checkpoint(older) is None
+    assert ckpt.saved_config(older) is None
 
 
-def test_finetune_head_must_fit_encoder_width():
-    sd = official_state_dict(tiny_model(0), finetune_classes=10)
-    sd["head.weight"] = torch.randn(10, 7)
-    with pytest.raises(ValueError, match="classification weight"):
-        load_official(tiny_model(1), sd)
+def test_another_world_size_is_refused(tmp_path):
+    model, optimizer = model_and_optimizer()
+    folder = save(tmp_path, 1, model, optimizer, None)
+    with pytest.raises(CheckpointError, match="different world size"):
+        ckpt.load_training_state(folder, model=model, optimizer=optimizer, loader=None, rank=1)
 
 
-def test_errors_list_every_problem():
-    sd = official_state_dict(tiny_model(0))
-    sd["trunk.extra.weight"] = torch.zeros(3)
-    del sd["trunk.blocks.1.mlp.fc2.bias"]
-    sd["trunk.decoder.decoder_embed.weight"] = torch.zeros(5, 5)
-    target = tiny_model(1)
-    before = target.blocks[0].attn.qkv.weight.clone()
-    with pytest.raises(ValueError) as err:
-        load_official(target, sd)
-    message = str(err.value)
-    assert "trunk.extra.weight" in message
-    assert "trunk.blocks.1.mlp.fc2.bias" in message
-    assert "trunk.decoder.decoder_embed.weight: checkpoint (5, 5) vs model (32, 64)" in message
-    assert torch.equal(target.blocks[0].attn.qkv.weight, before)  # nothing loaded
+def test_extra_state_must_have_been_saved(tmp_path):
+    model, optimizer = model_and_optimizer()
+    ema = nn.Linear(2, 2)
+    folder = save(tmp_path, 1, model, optimizer, None, extra={"ema": ema})
+    restored = nn.Linear(2, 2)
+    ckpt.load_training_state(folder, model=model, optimizer=optimizer, loader=None, extra={"ema": restored})
+    assert torch.equal(restored.weight, ema.weight)
+    with pytest.raises(KeyError, match="other"):
+        ckpt.load_training_state(folder, model=model, optimizer=optimizer, loader=None,
+                                 extra={"other": restored})
 
 
-def test_position_tables_are_checked_not_copied():
-    sd = official_state_dict(tiny_model(0))
-    sd["trunk.pos_embed"] = sd["trunk.pos_embed"] + 0.5
-    with pytest.raises(ValueError, match="trunk.pos_embed: values differ"):
-        load_official(tiny_model(1), sd)
-    # a 16-frame checkpoint into a 4-frame model: the shared rows agree
-    sd = official_state_dict(tiny_model(0))
-    for k in ("trunk.pos_embed", "trunk.decoder.pos_embed"):
-        sd[k] = get_sinusoid_encoding_table(32, 64)
-    summary = load_official(tiny_model(1), sd)
-    assert len(summary["notes"]) == 2
+def test_the_manifest_lists_every_file(tmp_path):
+    model, optimizer = model_and_optimizer()
+    folder = save(tmp_path, 6, model, optimizer, None)
+    manifest = json.loads((folder / ckpt.MANIFEST).read_text())
+    assert manifest["step"] == 6 and manifest["world_size"] == 1
+    assert sorted(manifest["files"]) == ["rank_00000.pt", "state.pt"]
+    assert all(set(v) == {"bytes", "sha256"} for v in manifest["files"].values())
 
 
-def test_model_weights_round_trip_strips_wrappers(tmp_path):
-    source = tiny_model(0)
-    wrapped = nn.Module()
-    wrapped.module = torch.compile(source)  # DDP-like "module." around compile's "_orig_mod."
-    path = tmp_path / "weights.pt"
-    save_model_weights(wrapped, path)
-    saved = torch.load(path, weights_only=True)
-    assert set(saved) == set(source.state_dict())
-    target = tiny_model(1)
-    target.blocks[0] = torch.compile(target.blocks[0])  # per-block compile wrapper while loading
-    load_model_weights(target, path)
-    assert torch.equal(target.blocks[0]._orig_mod.attn.qkv.weight, source.blocks[0].attn.qkv.weight)
-    assert torch.equal(target.decoder_pred.weight, source.decoder_pred.weight)
+def test_a_failed_write_removes_the_partial_one_and_keeps_the_previous(tmp_path, monkeypatch):
+    model, optimizer = model_and_optimizer()
+    save(tmp_path, 1, model, optimizer, None)
 
+    def full_disk(obj, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")  # errno.ENOSPC
 
-def test_model_weights_mismatch_is_one_error(tmp_path):
-    path = tmp_path / "weights.pt"
-    save_model_weights(tiny_model(0), path)
-    with pytest.raises(ValueError, match=r"shape mismatches .*blocks\.0\.attn\.qkv\.weight"):
-        load_model_weights(build_model("small", **TINY), path)
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
-        load_model_weights(tiny_model(0), tmp_path / "missing.pt")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="no space left on device"):
+        save(tmp_path, 2, model, optimizer, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001"]
+    assert ckpt.verify_checkpoint(tmp_path / "step_00000001") is None

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -79,3 +80,69 @@ def test_override_parsing_and_help():
     lines = describe()
     assert any(line.strip().startswith("train.batch_size = 2048") for line in lines)
     assert all("#" in line for line in lines if line.startswith("  "))
+
+
+def test_batch_arithmetic_from_plain_numbers():
+    from omnimae.config import batch_arithmetic
+
+    numbers = dict(global_batch=64, micro_batch=0, replications={"data.replication": 4}, samples_per_epoch=640.0,
+                   epochs=3.0, max_steps=0, warmup_epochs=1.0, lr=1e-3, min_lr=1e-6, lr_batch=32)
+    d = batch_arithmetic(world_size=2, **numbers)
+    assert (d["per_rank_batch"], d["micro_batch"], d["accumulation_steps"]) == (32, 32, 1)
+    assert (d["steps_per_epoch"], d["total_steps"], d["warmup_steps"]) == (10, 30, 10)
+    assert d["lr"] == pytest.approx(2e-3) and d["min_lr"] == pytest.approx(2e-6)
+    with pytest.raises(ConfigError, match=r"^data\.replication: 4 does not divide the micro batch 2$"):
+        batch_arithmetic(world_size=32, **numbers)  # the key named is the one the caller passed
+
+
+def test_both_trees_share_their_sections_and_checks():
+    from omnimae.config import EncoderConfig, OptimConfig, ReadConfig, RunConfig, SourceConfig
+    from omnimae.finetune.config import FinetuneConfig, load_finetune_config
+
+    ft, pt = FinetuneConfig(), Config()
+    assert isinstance(ft.model, EncoderConfig) and isinstance(pt.model, EncoderConfig)
+    assert isinstance(ft.data, ReadConfig) and isinstance(pt.data, ReadConfig)
+    assert isinstance(ft.data, SourceConfig) and isinstance(pt.data.video, SourceConfig)
+    assert isinstance(ft.optim, OptimConfig) and isinstance(ft.train, RunConfig)
+    # Fine-tuning keeps its own recipe's defaults on the shared keys.
+    assert (ft.optim.lr, ft.optim.lr_batch, ft.optim.betas, ft.optim.warmup_epochs) == (1e-3, 512, (0.9, 0.999), 5)
+    assert (pt.optim.lr, pt.optim.lr_batch, pt.optim.betas, pt.optim.warmup_epochs) == (3e-4, 2048, (0.9, 0.95), 40)
+    assert ft.data.crop_scale == (0.08, 1.0) and pt.data.image.crop_scale == (0.2, 1.0)
+    for override, message in [("data.window_s=0", "data.window_s: must be > 0"),
+                              ("data.prefetch=0", "data.prefetch: must be >= 1"),
+                              ("data.decode_backend=x", "data.decode_backend: expected auto, dali or pyav"),
+                              ("model.num_frames=3", "model.num_frames: must be a positive even number"),
+                              ("model.img_size=100", "model.img_size: must be a positive multiple of the patch"),
+                              ("optim.lr_batch=0", "optim.lr_batch: must be >= 1"),
+                              ("train.keep_last=0", "train.keep_last: must be >= 1")]:
+        for load, base in ((load_config, "data.video.root=/v"), (load_finetune_config, "data.root=/v")):
+            with pytest.raises(ConfigError, match="^" + re.escape(message)):
+                load(None, [base, override])
+    cfg = load_finetune_config(None, ["data.root=/v", "data.decode_threads=5", "data.storage.retries=1"])
+    assert (cfg.data.decode_threads, cfg.data.storage.retries) == (5, 1)  # shared keys stay flat
+
+
+def test_size_names_and_patch_sides_agree_with_the_model():
+    import torch
+
+    from omnimae.config import SIZES, patch_side
+    from omnimae.finetune.classifier import Classifier
+    from omnimae.model import SIZES as MODEL_SIZES
+    from omnimae.model import build_model
+
+    assert SIZES == tuple(MODEL_SIZES)
+    for size in SIZES:
+        with torch.device("meta"):  # shapes only
+            model = build_model(size)
+        assert model.patch_size == (2, patch_side(size), patch_side(size)), size
+    classifier = Classifier(build_model("debug", img_size=32, num_frames=4), num_classes=3)
+    assert classifier.patch_size == (2, 16, 16)
+
+
+def test_the_config_module_does_not_import_torch():
+    # `--help-config` and `--print-config` stay quick: the reason config.py does not import the model.
+    import subprocess
+    import sys
+
+    code = "import sys, omnimae.config, omnimae.modalities; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loaders.synthetic import IMAGE_CLASSES
+from loaders.devtools.synthetic import IMAGE_CLASSES
 from omnimae.config import load_config
 from omnimae.data import prepare_data
 from omnimae.parallel import DistInfo
@@ -21,7 +21,7 @@ SMALL = dict(num_train_videos=2, num_val_videos=1, images_per_class_train=1, ima
 @pytest.fixture
 def generated(monkeypatch):
     """Records each make_demo_data call and runs it at a tiny size (the demo's own size takes minutes)."""
-    from loaders import synthetic
+    from loaders.devtools import synthetic
 
     calls, real = [], synthetic.make_demo_data
 
@@ -41,7 +41,7 @@ def demo_config(image_root: str, video_root: str):
 
 
 def test_a_folder_with_a_manifest_is_used_as_is(tiny_data, tmp_path, generated):
-    from loaders.synthetic import DEMO_MARKER
+    from loaders.devtools.synthetic import DEMO_MARKER
 
     # The user's own data: manifests, no demo marker.
     for kind in ("images", "videos"):
@@ -55,8 +55,8 @@ def test_a_folder_with_a_manifest_is_used_as_is(tiny_data, tmp_path, generated):
 
 def test_an_http_root_is_read_never_written_into_the_working_directory(tiny_data, tmp_path, monkeypatch,
                                                                        generated):
-    from loaders import synthetic
-    from loaders.objserver import ObjectServer
+    from loaders.devtools import synthetic
+    from loaders.devtools.objserver import ObjectServer
 
     def refuse(**kwargs):  # generating here would write `http:/user:secret@.../` into the working directory
         generated.append(kwargs)
@@ -83,7 +83,7 @@ def test_a_missing_or_empty_local_root_is_generated(tmp_path, generated):
 
 
 def test_make_demo_data_refuses_a_url_even_one_that_went_through_path(tmp_path, monkeypatch):
-    from loaders.synthetic import make_demo_data
+    from loaders.devtools.synthetic import make_demo_data
 
     monkeypatch.chdir(tmp_path)
     for root in ("http://user:secret@127.0.0.1:1/videos", Path("http://user:secret@127.0.0.1:1/videos")):

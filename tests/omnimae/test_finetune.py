@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from omnimae.checkpoint import save_model_weights, save_training_state
+from omnimae.checkpoint import save_training_state
 from omnimae.finetune import (Classifier, Mixup, ModelEMA, build_rand_augment, clip_start_times, drop_path,
                               extract_features, knn_classify, layer_decay_param_groups, layer_id,
                               linear_probe, multiview_logits, pool_tokens, rand_augment, random_erasing,
@@ -14,7 +14,8 @@ from omnimae.finetune import (Classifier, Mixup, ModelEMA, build_rand_augment, c
                               spatial_crop_offsets, spatial_crops, topk_accuracy)
 from omnimae.model import build_model
 from omnimae.parallel import DistInfo
-from tests.omnimae.test_checkpoint import official_state_dict
+from omnimae.weights import save_model_weights
+from tests.omnimae.test_weights import official_state_dict
 
 # Tiny inputs: 32x32 pixels and 4 frames give a (2, 2, 2) video grid and a (1, 2, 2) image grid.
 TINY = dict(img_size=32, num_frames=4)

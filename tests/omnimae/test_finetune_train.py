@@ -12,16 +12,17 @@ import pytest
 import torch
 
 from loaders.manifest import read_manifest
-from omnimae.checkpoint import load_training_state, save_model_weights, save_training_state
+from omnimae.checkpoint import load_training_state, save_training_state
 from omnimae.config import ConfigError
 from omnimae.finetune import Classifier, Mixup, ModelEMA, multiview_logits
 from omnimae.finetune.cli import finetune_main
 from omnimae.finetune.config import derive_finetune, load_finetune_config
 from omnimae.finetune.data import EvalViews
-from omnimae.finetune.train import evaluate
+from omnimae.finetune.testing import evaluate
 from omnimae.metrics import read_jsonl
 from omnimae.model import build_model
 from omnimae.parallel import DistInfo
+from omnimae.weights import save_model_weights
 
 REPO = Path(__file__).resolve().parents[2]
 

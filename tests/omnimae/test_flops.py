@@ -1,6 +1,6 @@
 import pytest
 
-from omnimae.flops import PAPER, compute_savings_table, main
+from omnimae.flops import OURS, PAPER, compute_savings_table, main
 
 KEYS = ("image_full", "video_full", "mae", "videomae")
 
@@ -48,3 +48,10 @@ def test_main_prints_table(capsys):
     for size in ("base", "large", "huge"):
         assert size in out
     assert "11.6" in out  # a paper figure (ViT-L video)
+
+
+def test_our_masking_is_the_configs_default():
+    from omnimae.config import DataConfig
+
+    data = DataConfig()
+    assert OURS == {"image": data.image.mask_ratio, "video": data.video.mask_ratio} == {"image": 0.9, "video": 0.95}

@@ -3,12 +3,14 @@
 Captured before the trainers moved onto one engine (`omnimae/engine.py`); a refactor that changes
 what either trainer computes (the order of the micro batches, the loss scaling, clipping, the LR)
 changes these numbers. On the CPU a run is deterministic, so equality is exact. Each row is
-(step, metric, loss, grad_norm) as metrics.jsonl records it.
+(step, metric, loss, grad_norm) as metrics.jsonl records it. The numbers were taken with 2 torch
+threads (the reductions' order depends on the thread count), which the tests pin.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from omnimae.config import load_config
 from omnimae.finetune.cli import finetune_main
@@ -87,6 +89,14 @@ FINETUNE = [
     (19, 'loss', 2.335777997970581, 3.7443339824676514),
     (20, 'loss', 2.2625274658203125, 4.842637062072754),
 ]
+
+
+@pytest.fixture(autouse=True)
+def two_torch_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def _rows(path, key=None):

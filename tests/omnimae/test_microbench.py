@@ -58,7 +58,12 @@ def test_bench_loss_video(benchmark, debug_model):
     assert loss.ndim == 0 and 1.8 < float(loss) < 2.2
 
 
-augment = pytest.importorskip("loaders.augment")
+augment = pytest.importorskip("loaders.assembly")
+# The pretraining recipe's assembly (paper: videos 95% hidden, bilinear; images 90%, bicubic, flips).
+VIDEO = augment.AssemblySettings(replication=4, crop_size=224, crop_scale=(0.08, 1.0), flip_p=0.0,
+                                 interpolation="bilinear", mask_ratio=0.95, mask_type="random", patch_size=(2, 16, 16))
+IMAGE = augment.AssemblySettings(replication=1, crop_size=224, crop_scale=(0.2, 1.0), flip_p=0.5,
+                                 interpolation="bicubic", mask_ratio=0.9, mask_type="random", patch_size=(2, 16, 16))
 
 
 def _clips(count, frames, height=256, width=340, seed=0):
@@ -70,8 +75,7 @@ def _clips(count, frames, height=256, width=340, seed=0):
 def test_bench_replicate_and_augment_video(benchmark):
     clips = _clips(2, 16)  # two decoded SSv2-like clips, short side 256
     g = torch.Generator().manual_seed(0)
-    pixels, source = benchmark(augment.replicate_and_augment, clips, replication=4, kind="video",
-                               generator=g)
+    pixels, source = benchmark(augment.replicate_and_augment, clips, VIDEO, kind="video", generator=g)
     assert pixels.shape == (8, 3, 16, 224, 224) and pixels.dtype == torch.float32
     assert sorted(source.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
 
@@ -79,7 +83,8 @@ def test_bench_replicate_and_augment_video(benchmark):
 def test_bench_assemble_batch_image(benchmark):
     clips = _clips(8, 0)
     g = torch.Generator().manual_seed(0)
-    batch = benchmark(augment.assemble_batch, clips, kind="image", labels=list(range(8)), generator=g)
+    batch = benchmark(augment.assemble_batch, clips, IMAGE, kind="image", labels=list(range(8)),
+                      generator=g)
     assert batch.pixels.shape == (8, 3, 224, 224) and batch.num_visible == 19
     assert (batch.mask.sum(dim=1) == 196 - 19).all()
     assert sorted(batch.labels.tolist()) == list(range(8))

@@ -306,7 +306,7 @@ def test_base_video_step_flops():
     decoder = 4 * (2 * 1568 * 384 * 384 * 12 + 4 * 1568 * 1568 * 384)
     other = 2 * 1568 * 1536 * 768 + 2 * 1568 * 768 * 384 + 2 * 1568 * 384 * 1536
     assert model.flops_per_sample("video", 0.95) == 3 * (encoder + decoder + other)
-    assert 150e9 < model.flops_per_sample("video", 0.95) < 180e9  # DESIGN.md: about 150 GFLOP
+    assert 150e9 < model.flops_per_sample("video", 0.95) < 180e9  # docs/design.md: about 172 GFLOP
 
 
 # ---- compile --------------------------------------------------------------------------------------

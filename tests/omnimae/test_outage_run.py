@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from loaders.objserver import ObjectServer
+from loaders.devtools.objserver import ObjectServer
 from omnimae.metrics import read_jsonl
 from omnimae.train import train
 
@@ -65,7 +65,7 @@ def test_a_store_stopped_for_8_s_mid_run_changes_nothing(tiny_data, tiny_config,
     assert all(s["failures"] == 0 for s in summary["loader"].values())
     reader = next(iter(summary["loader"].values()))["reader"]
     assert reader["failures"] == 0 and reader["outages"] >= 1 and reader["reads_held"] > 0
-    lines = [r.getMessage() for r in caplog.records if r.name == "loaders.outage"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "loaders.storage.outage"]
     assert lines and lines[0].startswith("storage outage:")
     assert any(line.startswith("storage reachable again") for line in lines)
-    assert not [r for r in caplog.records if r.name == "loaders.video"]  # no "skipped ... item" line
+    assert not [r for r in caplog.records if r.name == "loaders.item_stream"]  # no "skipped ... item" line

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from loaders.objserver import ObjectServer
+from loaders.devtools.objserver import ObjectServer
 from omnimae import checkpoint as ckpt
 from omnimae.cli import train_main
 from omnimae.metrics import read_jsonl
+from omnimae.weights import safe_load
 
 from tests.omnimae.conftest import tiny_overrides
 
@@ -77,7 +78,7 @@ def test_no_secret_in_any_file_or_line_a_run_writes(tiny_data, tmp_path, capsys)
     for path in files:
         data = path.read_bytes()
         assert PASSWORD.encode() not in data and API_KEY.encode() not in data, path
-    saved = ckpt.safe_load(run_dir / "step_00000004" / "state.pt")["config"]
+    saved = safe_load(run_dir / "step_00000004" / "state.pt")["config"]
     assert saved["data"]["storage_options"] == {"http": "<hidden>"}
     assert saved["data"]["video"]["root"].startswith("http://***@127.0.0.1")
 

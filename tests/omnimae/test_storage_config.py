@@ -6,6 +6,7 @@ import pytest
 
 from omnimae.config import ConfigError, load_config
 from omnimae.finetune.config import load_finetune_config
+from omnimae.model import build_model
 from omnimae.parallel import DistInfo
 
 FT_BASE = ["data.root=/data/ssv2"]
@@ -47,7 +48,8 @@ def test_one_reader_with_the_configured_settings_shared_by_every_data_set(tiny_c
                          "data.storage.retries": 1, "data.storage.hedge_after_s": 0.5,
                          "data.storage.outage_s": 42, "data.storage.backoff_max_s": 3})
     derived = {"micro_batch": 8, "accumulation_steps": 1}
-    loader = build_train_loader(cfg, derived, DistInfo())
+    patch_size = build_model(cfg.model.name).patch_size  # the trainer's: the built model's
+    loader = build_train_loader(cfg, derived, DistInfo(), patch_size=patch_size)
     try:
         readers = {id(child.reader) for child in loader.loaders.values()}
         assert set(loader.loaders) == {"image", "video"} and readers == {id(loader.reader)}
@@ -69,7 +71,8 @@ def test_fine_tuning_shares_one_reader_too(tiny_data):
                                       "model.img_size=64", "model.num_frames=4", "data.short_side=64",
                                       "data.storage.max_in_flight=3", "data.storage.hedge_after_s=0"])
     manifest = read_manifest(tiny_data / "videos" / "manifest_train.jsonl")
-    loader = build_train_loader(cfg, manifest, micro_batch=2, accumulation=1, dist_info=DistInfo())
+    loader = build_train_loader(cfg, manifest, micro_batch=2, accumulation=1, dist_info=DistInfo(),
+                                patch_size=build_model(cfg.model.name).patch_size)
     loader.close()
     (child,) = loader.loaders.values()
     assert child.reader is loader.reader and loader.reader.max_in_flight == 3

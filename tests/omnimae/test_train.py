@@ -17,7 +17,8 @@ from omnimae import checkpoint as ckpt
 from omnimae.config import ConfigError
 from omnimae.errors import CheckpointError
 from omnimae.metrics import read_jsonl
-from omnimae.train import lr_at, param_groups, train
+from omnimae.engine import lr_at
+from omnimae.train import param_groups, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -175,7 +176,7 @@ def test_profile_steps_write_a_trace_and_a_bottleneck_report(tiny_config):
 
 def test_trains_from_an_http_object_store(tiny_config, tiny_data):
     """Data roots may be any fsspec URL: the manifests and media come from a loopback HTTP server."""
-    from loaders.objserver import ObjectServer
+    from loaders.devtools.objserver import ObjectServer
 
     with ObjectServer(tiny_data, latency_s=0.01) as server:
         cfg = tiny_config(**{"data.image.root": f"{server.url}/images", "data.video.root": f"{server.url}/videos",

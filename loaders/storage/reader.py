@@ -6,14 +6,15 @@
             else: log(result.uri_redacted, result.error)   # reported, counted, never dropped
 
 The synchronous consumer submits (key, uri) pairs; an asyncio loop on one background thread per
-process (loaders._aio_loop) reads them, at most `max_in_flight` requests at a time, and hands back
+process (event_loop.py) reads them, at most `max_in_flight` requests at a time, and hands back
 ReadResults through a bounded queue, in submission order (`ordered=True`) or as they complete.
 Submitted-but-undelivered reads are capped at `max_in_flight + reorder_window`: a straggler at the
 head of the order stalls submission after that many reads instead of letting memory grow.
 
-Backends: loaders._backends; retries, hedging, slots: loaders._fetch; outages (every request
-failing: reads held, not failed, for up to `outage_s`): loaders.outage; error classes and the
-failure budget: loaders.retry; credentials: loaders.redact.
+The rest of this package: backends.py (local, fsspec and HTTP reads); fetch.py (retries, hedging,
+slots); outage.py (every request failing: reads held, not failed, for up to `outage_s`); retry.py
+(error classes and the failure budget); reader_stats.py (the counters of `stats()`). Credentials
+are scrubbed from every message by loaders.redact.
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from loaders import _aio_loop
-from loaders._backends import Backends
-from loaders._fetch import Fetcher, FetchOutcome
-from loaders._stats import ReaderStats
+from loaders.storage import event_loop
+from loaders.storage.backends import Backends
+from loaders.storage.fetch import Fetcher, FetchOutcome
+from loaders.storage.reader_stats import ReaderStats
 from loaders.redact import redact
-from loaders.retry import FailureBudget, StorageError, describe_error
+from loaders.storage.retry import FailureBudget, StorageError, describe_error
 
-__all__ = ["AsyncReader", "ReadResult", "StorageError", "redact"]
+__all__ = ["AsyncReader", "ReadResult"]
 
 _POLL_S = 0.5  # how often a blocked consumer checks that the reader is still alive
 
@@ -162,7 +163,7 @@ class AsyncReader:
     timeout_s: limit on one request; a timeout is transient (retried).
     retries: further tries after a transient failure, with full-jitter exponential backoff
         (`backoff_base_s * 2**retry`, at most `backoff_max_s`). Permanent errors are not retried.
-    outage_s: when the retries of a read run out while no request succeeds at all (loaders.outage),
+    outage_s: when the retries of a read run out while no request succeeds at all (loaders.storage.outage),
         the read is held and retried every <= `backoff_max_s` instead of failed, for up to this
         long without a successful request; then read_many raises StorageError.
     hedge_after_s: if a request is still out after this long, send a second one; the first
@@ -212,7 +213,7 @@ class AsyncReader:
         self._lock = threading.Lock()
         self._closed = False
         self._pid: int | None = None
-        self._loop_thread: _aio_loop.LoopThread | None = None
+        self._loop_thread: event_loop.LoopThread | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._backends: Backends | None = None
         self._fetcher: Fetcher | None = None
@@ -224,7 +225,7 @@ class AsyncReader:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _runtime(self) -> _aio_loop.LoopThread:
+    def _runtime(self) -> event_loop.LoopThread:
         """Start (or, in a forked child, restart) the loop side on first use."""
         with self._lock:
             if self._closed:
@@ -238,7 +239,7 @@ class AsyncReader:
                 self._sessions = set()
                 self._stats = ReaderStats()
                 self._budget = FailureBudget(**self._budget_kwargs)
-                self._loop_thread = _aio_loop.acquire()
+                self._loop_thread = event_loop.acquire()
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self.max_in_flight, thread_name_prefix="loaders-io")
                 self._backends = Backends(self._loop_thread.loop, self._executor,
@@ -267,7 +268,7 @@ class AsyncReader:
             loop_thread.run(shutdown(), timeout=30.0)
         finally:
             self._executor.shutdown(wait=True, cancel_futures=True)
-            _aio_loop.release(loop_thread)
+            event_loop.release(loop_thread)
 
     def __getstate__(self) -> dict:
         # Pickled into spawned workers (DataLoader, DALI): the settings travel, the loop,
@@ -350,7 +351,7 @@ class AsyncReader:
         finally:
             self._end_session(session, loop_thread, in_flight=pending > 0)
 
-    def _take(self, out: queue.Queue, loop_thread: _aio_loop.LoopThread
+    def _take(self, out: queue.Queue, loop_thread: event_loop.LoopThread
               ) -> list[tuple[int, ReadResult]]:
         """The next burst of (sequence number, result) pairs; blocks until there is one."""
         started = time.perf_counter()
@@ -376,7 +377,7 @@ class AsyncReader:
         if fatal is not None:
             raise StorageError(str(fatal)) from None  # a fresh one per consumer, no chained noise
 
-    def _end_session(self, session: _Session, loop_thread: _aio_loop.LoopThread,
+    def _end_session(self, session: _Session, loop_thread: event_loop.LoopThread,
                      in_flight: bool) -> None:
         """Cancel what the session still has in flight (the consumer stopped early or failed)."""
         with self._lock:
@@ -395,7 +396,7 @@ class AsyncReader:
             pass  # the loop stopped meanwhile (close() elsewhere, interpreter exit)
 
     def stats(self) -> dict:
-        """Counters since this reader started in this process; see loaders._stats."""
+        """Counters since this reader started in this process; see loaders.storage.reader_stats."""
         return self._stats.snapshot()
 
 

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -6,8 +7,26 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from loaders.augment import (IMAGENET_MEAN, IMAGENET_STD, assemble_batch, replicate_and_augment, resized_crops,
-                             sample_crop_boxes)
+from loaders.assembly import (IMAGENET_MEAN, IMAGENET_STD, AssemblySettings, assemble_batch, replicate_and_augment,
+                              resized_crops, sample_crop_boxes)
+
+# The paper's pretraining values (appendix B): SSv2 crops scale [0.08, 1], bilinear, no flip, 95% masked;
+# IN1K [0.2, 1], bicubic, flip 0.5, 90% masked.
+PAPER = {
+    "video": AssemblySettings(replication=1, crop_size=224, crop_scale=(0.08, 1.0), flip_p=0.0,
+                              interpolation="bilinear", mask_ratio=0.95, mask_type="random", patch_size=(2, 16, 16)),
+    "image": AssemblySettings(replication=1, crop_size=224, crop_scale=(0.2, 1.0), flip_p=0.5,
+                              interpolation="bicubic", mask_ratio=0.9, mask_type="random", patch_size=(2, 16, 16)),
+}
+
+
+def settings(kind: str = "video", **changes) -> AssemblySettings:
+    return replace(PAPER[kind], **changes)
+
+
+def crops(kind: str = "video", **changes) -> AssemblySettings:
+    """Settings for replicate_and_augment alone: nothing is masked, so any crop size goes."""
+    return settings(kind, patch_size=(1, 1, 1), **changes)
 
 
 def smooth_clip(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -125,7 +144,7 @@ def test_flip_mirrors_the_crop():
 def test_normalization_uses_imagenet_mean_and_std():
     value = torch.tensor([10, 128, 250], dtype=torch.uint8)
     clip = value.view(1, 1, 1, 3).expand(4, 20, 30, 3).contiguous()
-    pixels, _ = replicate_and_augment([clip], replication=2, kind="video", out_size=16, generator=gen())
+    pixels, _ = replicate_and_augment([clip], crops(replication=2, crop_size=16), kind="video", generator=gen())
     expected = (value.float() / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     assert pixels.dtype == torch.float32 and pixels.shape == (2, 3, 4, 16, 16)
     torch.testing.assert_close(pixels.mean(dim=(0, 2, 3, 4)), expected, atol=1e-5, rtol=0)
@@ -137,8 +156,8 @@ def test_normalization_uses_imagenet_mean_and_std():
 def test_replicas_share_the_clip_but_not_the_crop():
     clips = [smooth_clip(4, 64, 80, seed=s) for s in range(3)]
     t = 4
-    pixels, source = replicate_and_augment(clips, replication=t, kind="video", out_size=32, generator=gen(1),
-                                           interpolation="bilinear")
+    pixels, source = replicate_and_augment(clips, crops(replication=t, crop_size=32, interpolation="bilinear"),
+                                           kind="video", generator=gen(1))
     assert pixels.shape == (12, 3, 4, 32, 32)
     assert source.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
     # each replica is its own crop of its clip: redo the crops with the same draws, one at a time
@@ -158,7 +177,7 @@ def test_one_crop_for_all_frames_of_a_replica():
     # exactly 10*f / 255 / std (resampling is linear and the box is the same)
     base = smooth_clip(1, 48, 64)[0].to(torch.int16).clamp(0, 150)
     clip = torch.stack([base + 10 * f for f in range(4)]).to(torch.uint8)  # [4, 48, 64, 3]
-    pixels, _ = replicate_and_augment([clip], replication=3, kind="video", out_size=24, generator=gen(2))
+    pixels, _ = replicate_and_augment([clip], crops(replication=3, crop_size=24), kind="video", generator=gen(2))
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     for f in range(4):
         diff = (pixels[:, :, f] - pixels[:, :, 0]) * std * 255  # [3, 3, S, S] back in pixel units
@@ -170,7 +189,7 @@ def test_clips_of_different_sizes():
     sizes = [(32, 48), (40, 40), (32, 48), (40, 40)]
     clips = [torch.tensor(c, dtype=torch.uint8).view(1, 1, 1, 3).expand(2, h, w, 3).contiguous()
              for c, (h, w) in zip(colours, sizes)]
-    pixels, source = replicate_and_augment(clips, replication=2, kind="video", out_size=16, generator=gen())
+    pixels, source = replicate_and_augment(clips, crops(replication=2, crop_size=16), kind="video", generator=gen())
     assert pixels.shape == (8, 3, 2, 16, 16)
     assert sorted(source.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
     assert source.tolist() == [0, 0, 2, 2, 1, 1, 3, 3]  # grouped by size, input order inside
@@ -182,9 +201,9 @@ def test_clips_of_different_sizes():
                                    atol=1e-3, rtol=0)
 
 
-def test_images_get_bicubic_and_flips_by_default():
+def test_images_get_bicubic_and_flips():
     clips = [smooth_clip(1, 50, 70, seed=s)[0] for s in range(8)]
-    pixels, source = replicate_and_augment(clips, kind="image", out_size=32, generator=gen(5))
+    pixels, source = replicate_and_augment(clips, crops("image", crop_size=32), kind="image", generator=gen(5))
     assert pixels.shape == (8, 3, 32, 32) and source.tolist() == list(range(8))
     # redo with flips forced off and the same draws: about half of the samples come out mirrored
     g = gen(5)
@@ -200,21 +219,21 @@ def test_images_get_bicubic_and_flips_by_default():
 
 def test_bad_clips_are_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="uint8"):
-        replicate_and_augment([torch.zeros(4, 8, 8, 3)], generator=gen())
+        replicate_and_augment([torch.zeros(4, 8, 8, 3)], crops(), generator=gen())
     with pytest.raises(ValueError, match="same frame count"):
         replicate_and_augment([torch.zeros(4, 8, 8, 3, dtype=torch.uint8),
-                               torch.zeros(2, 8, 8, 3, dtype=torch.uint8)], generator=gen())
+                               torch.zeros(2, 8, 8, 3, dtype=torch.uint8)], crops(), generator=gen())
     with pytest.raises(ValueError, match="kind"):
-        replicate_and_augment([torch.zeros(8, 8, 3, dtype=torch.uint8)], kind="audio")
+        replicate_and_augment([torch.zeros(8, 8, 3, dtype=torch.uint8)], crops(), kind="audio")
     with pytest.raises(ValueError, match=r"video clips must be \[T, H, W, 3\]"):
-        replicate_and_augment([torch.zeros(8, 8, 3, dtype=torch.uint8)], kind="video", generator=gen())
+        replicate_and_augment([torch.zeros(8, 8, 3, dtype=torch.uint8)], crops(), kind="video", generator=gen())
 
 
 # ---- batches --------------------------------------------------------------------------------------
 
 def test_assemble_video_batch():
     clips = [smooth_clip(16, 64, 85, seed=s) for s in range(2)]
-    batch = assemble_batch(clips, replication=4, kind="video", labels=[7, 9], generator=gen(0))
+    batch = assemble_batch(clips, settings(replication=4), kind="video", labels=[7, 9], generator=gen(0))
     assert batch.pixels.shape == (8, 3, 16, 224, 224)
     assert batch.mask.shape == (8, 1568) and batch.mask.dtype == torch.bool
     assert batch.num_visible == 78
@@ -224,26 +243,26 @@ def test_assemble_video_batch():
     assert batch.source.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     # replicas of one clip: different masks, different crops
     assert len({tuple(m.nonzero().flatten().tolist()) for m in batch.mask[:4]}) == 4
-    again = assemble_batch(clips, replication=4, kind="video", labels=[7, 9], generator=gen(0))
+    again = assemble_batch(clips, settings(replication=4), kind="video", labels=[7, 9], generator=gen(0))
     assert torch.equal(batch.pixels, again.pixels) and torch.equal(batch.mask, again.mask)
 
 
 def test_assemble_image_batch():
     clips = [smooth_clip(1, 60, 80, seed=s)[0] for s in range(3)]
-    batch = assemble_batch(clips, kind="image", mask_type="random", generator=gen(0))
+    batch = assemble_batch(clips, settings("image", mask_type="random"), kind="image", generator=gen(0))
     assert batch.pixels.shape == (3, 3, 224, 224)
     assert batch.mask.shape == (3, 196) and batch.num_visible == 19
     assert batch.labels.tolist() == [-1, -1, -1]
-    tube = assemble_batch([smooth_clip(16, 32, 32)], kind="video", mask_type="tube", out_size=32,
-                          patch_size=(2, 16, 16), generator=gen(0))
+    tube = assemble_batch([smooth_clip(16, 32, 32)], settings(mask_type="tube", crop_size=32, patch_size=(2, 16, 16)),
+                          kind="video", generator=gen(0))
     assert tube.mask.shape == (1, 8 * 2 * 2)
     with pytest.raises(ValueError, match="divisible"):
-        assemble_batch(clips, kind="image", out_size=100, generator=gen(0))
+        assemble_batch(clips, settings("image", crop_size=100), kind="image", generator=gen(0))
 
 
 def test_stacked_tensor_input_is_accepted():
     stacked = torch.stack([smooth_clip(2, 24, 24, seed=s) for s in range(2)])  # [n, T, H, W, 3]
-    pixels, source = replicate_and_augment(stacked, replication=2, out_size=8, generator=gen())
+    pixels, source = replicate_and_augment(stacked, crops(replication=2, crop_size=8), generator=gen())
     assert pixels.shape == (4, 3, 2, 8, 8) and source.tolist() == [0, 0, 1, 1]
     assert np.isfinite(pixels.numpy()).all()
 
@@ -262,6 +281,6 @@ def test_crops_on_the_gpu_match_the_cpu():
         assert b.is_cuda and torch.equal(sa, sb.cpu())
         torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=1e-4)
     g = torch.Generator(device="cuda").manual_seed(0)
-    batch = assemble_batch(clips[:2], replication=2, generator=g, device="cuda")
+    batch = assemble_batch(clips[:2], settings(replication=2), generator=g, device="cuda")
     assert batch.pixels.is_cuda and batch.mask.is_cuda and batch.source.is_cuda
     assert batch.pixels.shape == (4, 3, 4, 224, 224) and batch.mask.shape == (4, 2 * 14 * 14)

@@ -8,8 +8,8 @@ per class, in ImageNet's `<split>/<class>/<file>.JPEG` folders.
 
 Everything is drawn with numpy (vectorized over pixels; a Python loop only over frames) from a seed:
 the same seed gives the same files byte for byte (the encoders run single-threaded and bitexact).
-The classes and the drawing live in loaders.synthetic_draw (re-exported here); this module encodes
-and lays out the data sets.
+The classes and the drawing live in synthetic_draw.py (re-exported here); this module encodes and
+lays out the data sets.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from loaders.manifest import index_folder
-from loaders.synthetic_draw import (IMAGE_CLASSES, PALETTE, STAMP_BITS, VIDEO_CLASSES,  # noqa: F401
-                                    VIDEO_SHAPES, ClipSpec, VideoClass, draw_object,
-                                    make_background, read_frame_index, render_clip,
-                                    sample_clip_spec, sample_image, shape_distance,
-                                    stamp_block_size, stamp_frame_index)
+from loaders.devtools.synthetic_draw import (IMAGE_CLASSES, PALETTE, STAMP_BITS,  # noqa: F401
+                                             VIDEO_CLASSES, VIDEO_SHAPES, ClipSpec, VideoClass,
+                                             draw_object, make_background, read_frame_index,
+                                             render_clip, sample_clip_spec, sample_image,
+                                             shape_distance, stamp_block_size, stamp_frame_index)
 
 CODECS = {
     # codec name -> (PyAV encoder, container format, file suffix)

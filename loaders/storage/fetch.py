@@ -2,7 +2,7 @@
 
 Runs on the reader's event loop. `Fetcher.fetch` never raises (except on cancellation): whatever
 happens it returns the bytes or a redacted error, so that no sample is silently lost. A read whose
-retries ran out during a storage outage is held and retried on instead (loaders.outage).
+retries ran out during a storage outage is held and retried on instead (loaders.storage.outage).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-from loaders._backends import Backends
-from loaders._stats import ReaderStats
-from loaders.outage import OutageMonitor
+from loaders.storage.backends import Backends
+from loaders.storage.reader_stats import ReaderStats
+from loaders.storage.outage import OutageMonitor
 from loaders.redact import redact
-from loaders.retry import backoff_delay, describe_error, is_transient
+from loaders.storage.retry import backoff_delay, describe_error, is_transient
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ import asyncio
 import logging
 import time
 
-from loaders._stats import ReaderStats
+from loaders.storage.reader_stats import ReaderStats
 from loaders.errors import StorageError
 from loaders.redact import redact
-from loaders.retry import describe_error
+from loaders.storage.retry import describe_error
 
 logger = logging.getLogger(__name__)
 

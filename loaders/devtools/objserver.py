@@ -5,7 +5,7 @@ For tests, benchmarks and rehearsing a loader against high-latency storage:
     with ObjectServer(tmp_dir, latency_s=0.05, jitter_s=0.01, error_rate=0.01) as server:
         AsyncReader().read(server.url + "clip.mp4")
 
-    python -m loaders.objserver DIR --port 8000 --latency-ms 50 --jitter-ms 10 --error-rate 0.01
+    python -m loaders.devtools.objserver DIR --port 8000 --latency-ms 50 --jitter-ms 10 --error-rate 0.01
 
 GET and HEAD with keep-alive and single byte ranges (206, 416). Every request waits
 `latency_s` +- uniform `jitter_s` before its first byte, then streams at `bandwidth_bps` per
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from loaders._aio_loop import new_event_loop
+from loaders.storage.event_loop import new_event_loop
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CHUNK = 64 * 1024
@@ -285,7 +285,7 @@ def _reset(request: web.Request) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m loaders.objserver",
+        prog="python -m loaders.devtools.objserver",
         description="Serve a directory over HTTP/1.1 (GET, HEAD, Range) with injected latency, "
                     "bandwidth limits and errors, to rehearse a loader against slow storage.")
     parser.add_argument("root", help="directory to serve")

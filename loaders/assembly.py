@@ -1,4 +1,12 @@
-"""Batch assembly on the device: replicate decoded clips, crop each replica, normalize, mask.
+"""Batch assembly on the device: replicate decoded clips, crop each replica, flip, normalize, mask.
+
+    settings = AssemblySettings(replication=4, crop_size=224, crop_scale=(0.08, 1.0), flip_p=0.0,
+                                interpolation="bilinear", mask_ratio=0.95, mask_type="random",
+                                patch_size=(2, 16, 16))
+    batch = assemble_batch(clips, settings, kind="video", labels=labels, generator=gen, device=device)
+
+Every setting is explicit: the paper's values per modality are the config's (omnimae.config), not
+defaults of this module.
 
 The paper replicates every decoded SSv2 clip 4 times (IN1K: once): decoding is the expensive part,
 so each decoded clip feeds several samples, each with its own RandomResizedCrop (one box for all
@@ -17,7 +25,7 @@ How the crops are applied. Boxes are drawn the same way everywhere; the resampli
   (frames folded into channels, so one grid serves all frames of a replica) and the t replicas of
   a clip are stacked along the grid's height, [n, t*S, S, 2], so no input pixel is copied per
   replica. `padding_mode="border"` clamps reads at the image edge as `F.interpolate` does.
-- Bilinear for videos, bicubic (a = -0.75, as `F.interpolate`) for images. No path antialiases,
+- Bilinear or bicubic (a = -0.75, as `F.interpolate`), as the settings say. No path antialiases,
   so a crop much larger than S aliases a little where torchvision's antialiased resize would not
   (crops from 256-pixel frames shrink by at most ~1.5x; downscale large images when decoding).
 - Clips of different sizes are grouped by (H, W) and each group is one grid_sample (SSv2 has a
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +57,9 @@ from loaders.decode.common import empty_host, to_device
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Paper appendix B: SSv2 RandomResizedCrop scale [0.08, 1], bilinear, no flip; IN1K scale
-# [0.2, 1], bicubic, flip 0.5; aspect ratio [3/4, 4/3] for both.
-DEFAULTS = {
-    VIDEO: {"scale": (0.08, 1.0), "interpolation": "bilinear", "flip_p": 0.0},
-    IMAGE: {"scale": (0.2, 1.0), "interpolation": "bicubic", "flip_p": 0.5},
-}
-RATIO = (3.0 / 4.0, 4.0 / 3.0)
+RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect ratio range (paper appendix B: both modalities)
 INTERPOLATIONS = ("bilinear", "bicubic")  # the random resized crop's kernels (F.interpolate modes)
+KINDS = (VIDEO, IMAGE)
 
 
 def check_interpolation(interpolation: str) -> str:
@@ -63,6 +67,41 @@ def check_interpolation(interpolation: str) -> str:
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
     return interpolation
+
+
+@dataclass(frozen=True)
+class AssemblySettings:
+    """How one data set's decoded items become a batch; checked once, when made."""
+
+    replication: int
+    """Samples t per decoded item, each with its own crop, flip and mask (a batch of B decodes B / t)."""
+    crop_size: int
+    """Side S of the square RandomResizedCrop output, in pixels."""
+    crop_scale: tuple[float, float]
+    """RandomResizedCrop area range, as shares of the frame."""
+    flip_p: float
+    """Horizontal flip probability of each sample."""
+    interpolation: str
+    """The crop's resampling kernel: bilinear or bicubic."""
+    mask_ratio: float
+    """Share of tokens hidden (0: every token kept, as in fine-tuning)."""
+    mask_type: str
+    """Masking pattern: random, tube, causal or frame (omnimae.masking)."""
+    patch_size: tuple[int, int, int]
+    """(pt, ph, pw): the token grid is (T / pt, S / ph, S / pw) for videos, (1, S / ph, S / pw) for images."""
+
+    def __post_init__(self):
+        # tuples whatever came in (lists from YAML): the settings are hashable and compare equal
+        object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
+        object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        if self.replication < 1:
+            raise ValueError(f"replication must be >= 1, got {self.replication}")
+        check_interpolation(self.interpolation)
+        _, ph, pw = self.patch_size
+        if self.crop_size % ph or self.crop_size % pw:
+            raise ValueError(f"crop_size {self.crop_size} is not divisible by patch size {ph}x{pw}")
+
+
 TRIES = 10  # torchvision's RandomResizedCrop tries this many boxes before its fallback
 
 
@@ -255,24 +294,19 @@ def _crops_by_resize(clips, members: list[int], boxes: torch.Tensor, flips: torc
                 target.mul_(mul).add_(add)
 
 
-def replicate_and_augment(clips: Sequence[torch.Tensor] | torch.Tensor, *, replication: int = 1,
-                          kind: str = VIDEO, out_size: int = 224, scale: Sequence[float] | None = None,
-                          ratio: Sequence[float] = RATIO, interpolation: str | None = None,
-                          flip_p: float | None = None, generator: torch.Generator | None = None,
+def replicate_and_augment(clips: Sequence[torch.Tensor] | torch.Tensor, settings: AssemblySettings, *,
+                          kind: str = VIDEO, generator: torch.Generator | None = None,
                           device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replicate each decoded clip `replication` times, each replica with its own crop and flip.
+    """Replicate each decoded clip `settings.replication` times, each replica with its own crop and flip.
 
     clips: a list of uint8 tensors (or one stacked tensor), channels last: videos [T, H, W, 3],
         images [H, W, 3]; sizes may differ. None entries are not allowed (drop failures first).
-    scale / interpolation / flip_p default to the paper's values for `kind` (see DEFAULTS).
     generator: draws boxes and flips on its own device (a CUDA generator keeps it all on the GPU).
     Returns pixels, normalized float32 [B, 3, T, S, S] or [B, 3, S, S] on `device`
     (B = len(clips) * replication), and source [B] int64 (see `resized_crops` for the order).
     """
-    if kind not in DEFAULTS:
+    if kind not in KINDS:
         raise ValueError(f"kind must be 'video' or 'image', got {kind!r}")
-    if replication < 1:
-        raise ValueError(f"replication must be >= 1, got {replication}")
     clips = list(clips)
     if not clips:
         raise ValueError("no clips to augment")
@@ -280,59 +314,47 @@ def replicate_and_augment(clips: Sequence[torch.Tensor] | torch.Tensor, *, repli
     if any(clip.dim() != want for clip in clips):
         raise ValueError(f"{kind} clips must be {'[T, H, W, 3]' if kind == VIDEO else '[H, W, 3]'}; "
                          f"got shapes {sorted({tuple(c.shape) for c in clips})[:3]}")
-    defaults = DEFAULTS[kind]
-    scale = tuple(scale) if scale is not None else defaults["scale"]
-    interpolation = interpolation or defaults["interpolation"]
-    flip_p = defaults["flip_p"] if flip_p is None else flip_p
+    t = settings.replication
     draw_device = generator.device if generator is not None else torch.device(device or clips[0].device)
 
     sizes = torch.tensor([tuple(c.shape[-3:-1]) for c in clips], dtype=torch.int64)  # [n, 2] (H, W)
-    sizes = to_device(sizes.repeat_interleave(replication, dim=0), draw_device)  # [n*t, 2]
-    boxes = sample_crop_boxes(sizes[:, 0], sizes[:, 1], scale=scale, ratio=ratio, generator=generator)
+    sizes = to_device(sizes.repeat_interleave(t, dim=0), draw_device)  # [n*t, 2]
+    boxes = sample_crop_boxes(sizes[:, 0], sizes[:, 1], scale=settings.crop_scale, generator=generator)
     flips = None
-    if flip_p > 0:
-        flips = torch.rand(len(sizes), device=draw_device, generator=generator) < flip_p  # [n*t]
-    return resized_crops(clips, boxes, flips, replication=replication, out_size=out_size,
-                         interpolation=interpolation, device=device)
+    if settings.flip_p > 0:
+        flips = torch.rand(len(sizes), device=draw_device, generator=generator) < settings.flip_p  # [n*t]
+    return resized_crops(clips, boxes, flips, replication=t, out_size=settings.crop_size,
+                         interpolation=settings.interpolation, device=device)
 
 
-def assemble_batch(clips: Sequence[torch.Tensor], *, replication: int = 1, kind: str = VIDEO,
-                   out_size: int = 224, scale: Sequence[float] | None = None, ratio: Sequence[float] = RATIO,
-                   interpolation: str | None = None, flip_p: float | None = None,
-                   mask_ratio: float | None = None, mask_type: str = "random",
-                   patch_size: Sequence[int] = (2, 16, 16), labels: Sequence[int] | torch.Tensor | None = None,
-                   generator: torch.Generator | None = None,
+def assemble_batch(clips: Sequence[torch.Tensor], settings: AssemblySettings, *, kind: str = VIDEO,
+                   labels: Sequence[int] | torch.Tensor | None = None, generator: torch.Generator | None = None,
                    device: torch.device | str | None = None) -> Batch:
-    """Replicate + crop + normalize + mask: one training batch of one modality.
+    """Replicate + crop + flip + normalize + mask: one training batch of one modality.
 
-    patch_size: (pt, ph, pw); the token grid is (T / pt, S / ph, S / pw) for videos and
-        (1, S / ph, S / pw) for images (an image is one temporal slot).
-    mask_ratio: hidden share of tokens; default 0.95 for videos, 0.9 for images (paper).
+    An image is one temporal slot of the token grid; a video's frames must divide by the temporal patch.
     labels: one per clip (replicated with the clips), or None for -1.
     """
     from omnimae.masking import make_mask, num_visible
 
     device = torch.device(device) if device is not None else clips[0].device
-    pixels, source = replicate_and_augment(clips, replication=replication, kind=kind, out_size=out_size,
-                                           scale=scale, ratio=ratio, interpolation=interpolation,
-                                           flip_p=flip_p, generator=generator, device=device)
-    pt, ph, pw = patch_size
-    if out_size % ph or out_size % pw:
-        raise ValueError(f"out_size {out_size} is not divisible by patch size {ph}x{pw}")
+    pixels, source = replicate_and_augment(clips, settings, kind=kind, generator=generator, device=device)
+    pt, ph, pw = settings.patch_size
+    size = settings.crop_size
     if kind == VIDEO:
         if pixels.shape[2] % pt:
             raise ValueError(f"{pixels.shape[2]} frames are not divisible by temporal patch {pt}")
-        grid = (pixels.shape[2] // pt, out_size // ph, out_size // pw)
+        grid = (pixels.shape[2] // pt, size // ph, size // pw)
     else:
-        grid = (1, out_size // ph, out_size // pw)
-    ratio_hidden = mask_ratio if mask_ratio is not None else (0.95 if kind == VIDEO else 0.9)
+        grid = (1, size // ph, size // pw)
     mask_device = generator.device if generator is not None else device
-    mask = make_mask(mask_type, pixels.shape[0], grid, ratio_hidden, device=mask_device,
+    mask = make_mask(settings.mask_type, pixels.shape[0], grid, settings.mask_ratio, device=mask_device,
                      generator=generator)  # [B, N] bool, True = hidden
     mask = to_device(mask, device) if mask.device != device else mask
     if labels is None:
         per_clip = torch.full((len(clips),), -1, dtype=torch.int64, device=device)
     else:
         per_clip = to_device(torch.as_tensor(labels, dtype=torch.int64).cpu(), device)
-    return Batch(pixels=pixels, mask=mask, num_visible=num_visible(grid[0] * grid[1] * grid[2], ratio_hidden),
-                 modality=kind, labels=per_clip[source], source=source)
+    visible = num_visible(grid[0] * grid[1] * grid[2], settings.mask_ratio)
+    return Batch(pixels=pixels, mask=mask, num_visible=visible, modality=kind, labels=per_clip[source],
+                 source=source)

@@ -1,6 +1,6 @@
 """Drawing the synthetic data: action classes, shapes, backgrounds, clips and frame stamps.
 
-The classes and their pictures live here; loaders.synthetic encodes them into data sets. Shapes are
+The classes and their pictures live here; synthetic.py encodes them into data sets. Shapes are
 approximate signed distance fields in object coordinates, turned into anti-aliased coverage; all of
 it is numpy, vectorized over pixels (a Python loop only over frames), and deterministic from a
 generator, so the same seed draws the same pixels.

@@ -1,9 +1,10 @@
 """JointLoader: one modality per step, in an epoch order shuffled identically on every rank.
 
 A background thread assembles batches ahead so that at least `prefetch` are ready while the step
-runs; each loader reads and decodes on a thread of its own meanwhile (loaders.video). Each batch
-carries the loaders' state *after* it, and `state_dict()` returns the state of the last batch handed
-out: resuming skips exactly what was consumed, not what was merely prefetched or decoded ahead.
+runs; each loader reads and decodes on a thread of its own meanwhile (loaders.item_loader). The
+queue holds (batch, state) pairs, the state being the loaders' *after* that batch, and
+`state_dict()` returns the state of the last batch handed out: resuming skips exactly what was
+consumed, not what was merely prefetched or decoded ahead.
 
 The loaders may share one AsyncReader (one pool of `max_in_flight` requests per process, whatever
 the number of data sets); pass it as `reader=` and `close()` closes it after the loaders.
@@ -19,8 +20,9 @@ from typing import Iterator
 import numpy as np
 
 from loaders.batch import Batch
+from loaders.decode_ahead import use_device
 from loaders.errors import LoaderError
-from loaders.video import use_device
+from loaders.item_loader import ItemLoader
 
 _DONE = object()
 
@@ -36,7 +38,8 @@ def epoch_order(steps: dict[str, int], seed: int, epoch: int, group: int = 1) ->
 
 
 class JointLoader:
-    """Yields Batches from several loaders ({"image": ImageLoader, "video": VideoLoader}).
+    """Yields Batches from several loaders ({"image": ImageLoader, "video": VideoLoader}); a Loader
+    (loaders.protocol), plus `queue_depths()` for the profiler.
 
     repeats: data set ratios (paper Fig. 5c): an epoch holds `len(manifest) * repeat` samples of
     each data set, i.e. that many / global batch steps of it.
@@ -45,7 +48,7 @@ class JointLoader:
         loader closes its own.
     """
 
-    def __init__(self, loaders: dict, *, repeats: dict[str, float] | None = None, seed: int = 0,
+    def __init__(self, loaders: dict[str, ItemLoader], *, repeats: dict[str, float] | None = None, seed: int = 0,
                  prefetch: int = 2, world_size: int | None = None, group: int = 1, reader=None):
         if not loaders:
             raise ValueError("JointLoader needs at least one loader")
@@ -57,14 +60,14 @@ class JointLoader:
         repeats = repeats or {}
         self.steps_per_epoch = {}
         for name, loader in loaders.items():
-            world = world_size or loader.sampler.world_size
+            world = world_size or loader.world_size
             global_batch = loader.batch_size * world * group
             samples = len(loader.manifest) * repeats.get(name, 1.0)
             self.steps_per_epoch[name] = max(1, int(samples // global_batch))
         self.epoch = 0
         self.position = 0  # micro batches of the current epoch handed out
         self._order = epoch_order(self.steps_per_epoch, seed, 0, group)
-        self._queue: queue.Queue | None = None
+        self._queue: queue.Queue | None = None  # (batch, state after it) pairs; _DONE once the producer ends
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._consumed_state: dict | None = None
@@ -90,10 +93,10 @@ class JointLoader:
                     order = epoch_order(self.steps_per_epoch, self.seed, epoch, self.group)
                 batch = self.loaders[order[position]].next_batch()
                 position += 1
-                batch.stats["state"] = self._snapshot(epoch, position)
+                item = (batch, self._snapshot(epoch, position))
                 while not self._stop.is_set():
                     try:
-                        self._queue.put(batch, timeout=0.1)
+                        self._queue.put(item, timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -124,9 +127,9 @@ class JointLoader:
                 if isinstance(self._error, LoaderError):
                     raise self._error  # storage or data: one line for the command-line tool
                 raise RuntimeError(f"data loader failed: {self._error}") from self._error
-            self._consumed_state = item.stats.pop("state")
+            batch, self._consumed_state = item
             self.epoch, self.position = self._consumed_state["epoch"], self._consumed_state["position"]
-            yield item
+            yield batch
 
     def state_dict(self) -> dict:
         if self._consumed_state is not None:

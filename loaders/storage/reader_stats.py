@@ -23,7 +23,7 @@ class ReaderStats:
         self.hedge_wins = 0      # reads answered by the hedge rather than the first request
         self.reads = 0           # objects finished, ok or not
         self.failures = 0        # objects reported failed
-        self.outages = 0         # storage outages ridden out or running (loaders.outage)
+        self.outages = 0         # storage outages ridden out or running (loaders.storage.outage)
         self.outage_s = 0.0      # seconds without a successful request, over the ended outages
         self.reads_held = 0      # reads out of retries held in an outage instead of failed
         self.in_flight = 0
