@@ -204,18 +204,18 @@ class RunConfig:
     """Folder holding run folders."""
     run_name: str = ""
     """Run folder name; empty = the config file's stem."""
+    profile_steps: int = 0
+    """Record a torch.profiler trace of this many steps (0 = off); under torchrun on every rank."""
 
 
 @dataclass
 class TrainConfig(RunConfig):
-    """The pretraining loop: RunConfig plus pictures, the non-finite guard and profiling."""
+    """The pretraining loop: RunConfig plus pictures and the non-finite guard."""
 
     vis_every: int = 0
     """Optimizer steps between reconstruction pictures; 0 = only at the end."""
     max_nonfinite: int = 10
     """Consecutive non-finite losses before the run stops with diagnostics."""
-    profile_steps: int = 0
-    """Record a torch.profiler trace of this many steps (0 = off)."""
 
 
 @dataclass
@@ -482,6 +482,7 @@ def validate_run(train: RunConfig, parallel: ParallelConfig) -> None:
     need(train.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = run train.epochs)")
     need(train.epochs >= 0, "train.epochs", "must be >= 0")
     need(train.ckpt_every >= 0, "train.ckpt_every", "must be >= 0 (0 = only at the end)")
+    need(train.profile_steps >= 0, "train.profile_steps", "must be >= 0")
     need(train.resume != "", "train.resume", f"expected {', '.join(RESUME_MODES)} or a checkpoint path")
     need(_DEVICE.fullmatch(train.device) is not None, "train.device",
          f"expected auto, cpu, cuda or cuda:N, got {train.device!r}")
@@ -504,8 +505,7 @@ def validate(cfg: Config) -> None:
     validate_read(cfg.data)
     validate_optim(cfg.optim)
     validate_run(cfg.train, cfg.parallel)
-    for name in ("vis_every", "profile_steps"):
-        need(getattr(cfg.train, name) >= 0, f"train.{name}", "must be >= 0")
+    need(cfg.train.vis_every >= 0, "train.vis_every", "must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------

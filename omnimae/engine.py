@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from omnimae import checkpoint as ckpt
+from omnimae import cluster
 from omnimae.config import to_dict
 from omnimae.metrics import MetricsWriter, StageClock, bottleneck_summary, device_peak_flops
 from omnimae.parallel import DistInfo, all_reduce_mean, parallelize
@@ -189,6 +190,8 @@ class TrainStep:
         self.dist_info = dist_info
         self.accumulation = accumulation
         self.clip_grad = clip_grad
+        # The wait for the slowest rank, measured at the step's first collective (omnimae.cluster).
+        self.collective = cluster.CollectiveTimer(dist_info.device)
 
     def __call__(self, step: int, batches: Iterator, lr: float, *, measure_grad_norm: bool = False) -> StepResult:
         device, accum = self.dist_info.device, self.accumulation
@@ -208,6 +211,8 @@ class TrainStep:
                 loss, key = self.loss_fn(batch, step, micro)
                 ok = torch.isfinite(loss)
                 finite &= ok
+                if micro == accum - 1:
+                    finite = self._agree(finite)
                 # A NaN must not poison the gradient buffers of the other micro batches.
                 (torch.where(ok, loss, torch.zeros_like(loss)) / accum).backward()
             micro_results.append(Micro(batch, torch.where(ok, loss.detach(), 0.0).float(), key, waited))
@@ -216,15 +221,22 @@ class TrainStep:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.train_model.parameters(), self.clip_grad)
         elif measure_grad_norm:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.train_model.parameters(), float("inf"))
-        if self.dist_info.distributed:
-            # Every rank must skip the same steps: a non-finite loss anywhere skips everywhere.
-            bad = (~finite).float()
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-            finite = bad == 0
         self.optimizer.found_inf = (~finite).float()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(micro_results, finite, grad_norm)
+
+    def _agree(self, finite: torch.Tensor) -> torch.Tensor:
+        """Every rank must skip the same steps: a non-finite loss anywhere skips everywhere. The first
+        collective of the step, before the last backward (and its gradient all-reduce): the time a
+        rank spends in it is its wait for the slowest rank."""
+        if not self.dist_info.distributed:
+            return finite
+        bad = (~finite).float()
+        self.collective.start()
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        self.collective.stop()
+        return bad == 0
 
 
 # ---- the logging window ----------------------------------------------------------------------------
@@ -239,6 +251,11 @@ class LogWindow:
     dist_info: DistInfo
     peak_flops: float | None = None
     clock: StageClock = field(default_factory=StageClock)  # data_wait and the loader's stages, per run too
+    # Under torchrun: the step's collective wait, every rank's identity and its storage latency p95,
+    # for the per-rank record of each logging step (omnimae.cluster).
+    collective: cluster.CollectiveTimer | None = None
+    who: list = field(default_factory=list)
+    storage_p95: Callable[[], float] = lambda: 0.0
 
     def __post_init__(self):
         device = self.dist_info.device
@@ -303,7 +320,15 @@ class LogWindow:
                 mean = all_reduce_mean(mean, self.dist_info)  # sync
             values[key] = mean.item()  # sync
         values["nonfinite_steps"] = int(self.nonfinite_total.item())  # sync
+        if self.dist_info.distributed and self.collective is not None:
+            self.clock.add("collective_wait", self.collective.take())
         stages = self.clock.take()
+        if self.dist_info.distributed:
+            per_rank = cluster.gather(cluster.rank_totals(stages, elapsed, self.storage_p95()), self.dist_info)
+            values.update(cluster.spread(per_rank, steps))
+            verdict = cluster.diagnose(per_rank, self.who, wall_s=elapsed, steps=steps)
+            values["ranks/straggler"] = -1 if verdict["rank"] is None else verdict["rank"]
+            values["ranks/verdict"] = verdict["line"]
         values["step_time_s"] = elapsed / steps
         values["data_wait_s"] = stages.get("data_wait", 0.0) / steps
         values["data_wait_share"] = stages.get("data_wait", 0.0) / elapsed if elapsed > 0 else 0.0
@@ -396,8 +421,13 @@ def run(r: Run) -> RunResult:
     metrics = MetricsWriter(r.run_dir, enabled=dist_info.is_main, start_step=r.start_step)
     step_fn = TrainStep(r.train_model, r.optimizer, loss_fn=task.loss, dist_info=dist_info,
                         accumulation=schedule.accumulation, clip_grad=schedule.clip_grad)
-    window = LogWindow(dist_info, device_peak_flops(dist_info.device))
-    profiler = StepProfiler(r.run_dir, r.profile_steps, dist_info.device, enabled=dist_info.is_main)
+    who = cluster.identities(dist_info)
+    window = LogWindow(dist_info, device_peak_flops(dist_info.device), collective=step_fn.collective, who=who,
+                       storage_p95=lambda: cluster.storage_p95(r.loader.stats()))
+    # Under torchrun every rank records its own trace (profile/rank<R>-<host>/); rank 0 compares them.
+    me = who[dist_info.rank]
+    profiler = StepProfiler(r.run_dir, r.profile_steps, dist_info.device,
+                            name=f"rank{me['rank']}-{me['host']}" if dist_info.distributed else "")
     total = schedule.total_steps
     bar = Progress(total, initial=r.start_step, desc=c.run_name or r.run_dir.name, enabled=dist_info.is_main)
     stopped_by = "finished"
@@ -446,22 +476,51 @@ def run(r: Run) -> RunResult:
     finally:
         bar.close()
         report = profiler.finish()
-        if report is not None:
+        if report is not None and not dist_info.distributed:
             say(dist_info, format_report(report) + f"profile trace: {profiler.out}")
 
     if stopped_by != "nonfinite":
         say(dist_info, f"checkpoint: {_save(r, step)}")
     task.at_end(step, stopped_by, metrics)
+    if dist_info.distributed and profiler.report is not None:
+        _compare_profiles(profiler, who, dist_info)
     wall = time.perf_counter() - run_t0
     totals = window.clock.run_totals
     stage, advice = bottleneck_summary(totals, wall)
     summary = {"stopped_by": stopped_by, "steps": step, "wall_s": wall, "precision": r.precision,
                "stage_seconds": totals, "bottleneck": stage, "suggestion": advice, "loader": r.loader.stats()}
+    if dist_info.distributed:
+        # Every rank's run totals (one gather): the bottleneck is the cluster's, not rank 0's.
+        storage = cluster.storage_p95(summary["loader"])
+        per_rank = cluster.gather(cluster.rank_totals(totals, wall, storage), dist_info)
+        verdict = cluster.diagnose(per_rank, who, wall_s=wall, steps=step - r.start_step)
+        summary["ranks"] = [dict(who[i], **per_rank[i]) for i in range(len(per_rank))]
+        summary["cluster"] = verdict
+        if verdict["verdict"] != "balanced":
+            summary["bottleneck"] = verdict["stage"]
+            summary["suggestion"] = verdict["line"]
+        advice = verdict["line"]
     if dist_info.is_main:
         (r.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         shares = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(totals.items()) if v)
-        say(dist_info, f"done: {step} steps in {wall:.0f}s ({shares}); bottleneck: {stage} -> {advice}")
+        say(dist_info, f"done: {step} steps in {wall:.0f}s ({shares}); bottleneck: {summary['bottleneck']} -> {advice}")
         say(dist_info, f"run folder: {r.run_dir}")
     metrics.close()
     r.loader.close()
     return RunResult(stopped_by, step, wall, summary)
+
+
+def _compare_profiles(profiler: StepProfiler, who: list[dict], dist_info: DistInfo) -> None:
+    """Every rank profiled the same steps; rank 0 prints each rank's means and the verdict."""
+    means = profiler.report.get("mean", {})
+    keys = ("step_s", "data_wait", "read_wait", "decode", "assembly")
+    per_rank = cluster.gather({k: means.get(k, 0.0) for k in keys}, dist_info)
+    steps = profiler.report.get("steps", 0)
+    lines = [f"profile over {steps} steps, per rank (ms per step):"]
+    for i, p in enumerate(per_rank):
+        lines.append(f"  rank {i} ({who[i]['host']}): " + ", ".join(f"{k} {p[k] * 1e3:.1f}" for k in keys))
+    totals = [{k: p[k] for k in keys[1:]} for p in per_rank]
+    verdict = cluster.diagnose(totals, who, wall_s=per_rank[0]["step_s"], steps=1)
+    lines.append(f"bottleneck: {verdict['line']}")
+    say(dist_info, "\n".join(lines) + f"\nprofile traces: {profiler.out.parent}/rank*")
+

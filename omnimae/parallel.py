@@ -114,7 +114,10 @@ def parallelize(model: nn.Module, *, dist_info: DistInfo, compile: bool, strateg
 
     device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
     # Every parameter gets a gradient in both modalities, so no unused-parameter search is needed.
-    return DDP(model, device_ids=device_ids)
+    # The buffers are fixed tables (position table, pixel statistics), equal on every rank: no
+    # broadcast before each forward (it would be a collective per micro batch, and it would hide
+    # the wait for a slow rank inside the forward instead of the step's agreement collective).
+    return DDP(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

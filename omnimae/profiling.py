@@ -31,10 +31,11 @@ def _all_threads_config():
 
 
 class StepProfiler:
-    def __init__(self, run_dir: Path, steps: int, device: torch.device, enabled: bool = True):
+    def __init__(self, run_dir: Path, steps: int, device: torch.device, enabled: bool = True, name: str = ""):
+        """name: a sub-folder of `<run>/profile/` for this process's trace (one per rank)."""
         self.enabled = enabled and steps > 0
         self.steps = steps
-        self.out = Path(run_dir) / "profile"
+        self.out = Path(run_dir) / "profile" / name if name else Path(run_dir) / "profile"
         self.device = device
         self.samples: list[dict] = []
         self._prof = None

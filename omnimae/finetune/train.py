@@ -131,7 +131,7 @@ def _train(cfg: FinetuneConfig, dist_info: DistInfo, preempt: Preemption) -> Pat
     schedule = Schedule.from_derived(derived, clip_grad=cfg.optim.clip_grad)
     run = Run(task=task, model=classifier, train_model=train_model, optimizer=optimizer, loader=loader,
               schedule=schedule, dist_info=dist_info, run_dir=run_dir, cfg=cfg, preempt=preempt,
-              precision=autocast_for(cfg, dist_info.device)[1])
+              precision=autocast_for(cfg, dist_info.device)[1], profile_steps=cfg.train.profile_steps)
     engine.resume(run, resume_path)
     try:
         result = engine.run(run)
