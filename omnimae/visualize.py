@@ -1,8 +1,28 @@
-"""Reconstruction pictures: masked input, prediction and original, for images and video frames."""
+"""Reconstruction pictures that show what the loss sees, for images and video frames.
+
+Per sample, one row each (columns: up to 4 frames of a clip), and the sample's loss:
+
+  masked input   RGB; hidden patches grey
+  prediction     in the space the loss compares it in, hidden patches only:
+                 normalized targets (model.norm_pix_loss, the paper's default): each patch as
+                 z-scores of its own per-channel mean and spread, on one fixed scale (grey = the
+                 patch's mean, +-2 std saturate, each colour channel apart); visible patches black
+                 (no loss there). Raw targets (norm_pix_loss=false): RGB, visible patches pasted from
+                 the input (labelled so)
+  target         normalized targets only: the normalized original, on the prediction's scale
+  original       RGB
+
+A normalized prediction cannot be drawn in RGB without the hidden patch's mean and spread, which
+the model never saw: painting it with them shows an untrained model's picture as a blocky copy of
+the input. So no panel does; to see reconstructions in colour, pretrain on raw pixels
+(configs/demo_pixels.yaml), as the paper does for its figures (appendix B.4).
+"""
 
 from __future__ import annotations
 
+import textwrap
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +30,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from loaders.batch import Batch
+
+Z_SATURATE = 2.0  # normalized panels: z in [-2, 2] fills the scale, beyond saturates
+Z_FLOOR = 0.12  # the darkest a normalized value is drawn
+NOT_IN_LOSS = 0.0  # black: visible patches in the prediction and target panels
+LABEL_WIDTH = 112  # pixels of the label column (PIL's default font: ~5 px per character)
 
 
 def eager():
@@ -20,34 +45,89 @@ def eager():
     return set_stance("force_eager") if set_stance is not None else nullcontext()
 
 
-@torch.no_grad()
-def reconstruct(model, pixels: torch.Tensor, mask: torch.Tensor, num_visible: int, autocast=None):
-    """Returns (masked, prediction, original) as [B, 3, T, H, W] floats in [0, 1].
+@dataclass
+class Reconstruction:
+    """Panels as clips [B, 3, T, H, W] in [0, 1] (an image: T = 1), and the loss of each sample."""
 
-    With normalized-pixel targets the prediction of each patch is in units of that patch's own
-    per-channel standard deviation, so it is drawn with the original patch's mean and spread (as
-    MAE's demo does): the picture shows the predicted structure, the colours come from the input.
-    Visible patches of `prediction` are the model's own output too, not pasted from the input.
+    masked: torch.Tensor
+    prediction: torch.Tensor  # loss space: normalized (z-scale) or RGB, hidden patches
+    target: torch.Tensor  # loss space, on the prediction's scale (raw targets: the original)
+    original: torch.Tensor
+    hidden: torch.Tensor  # [B, 1, T, H, W], 1 where a pixel belongs to a hidden patch
+    loss: torch.Tensor  # [B]: each sample's mean squared error over its hidden patches
+    normalized: bool  # targets normalized per patch and colour channel
+
+
+def rgb_patches(model, pixels: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalized pixels [B, 3, (T,) H, W] -> their colours in [0, 1] as patches [B, N, P]."""
+    video = pixels if pixels.ndim == 5 else pixels.unsqueeze(2).expand(-1, -1, model.config.patch[0], -1, -1)
+    return model.patchify(video.float() * model.pixel_std + model.pixel_mean)
+
+
+def loss_targets(model, pixels: torch.Tensor) -> torch.Tensor:
+    """What the loss compares the prediction with: [B, N, P] in (t, h, w, channel) order.
+
+    As OmniMAE.forward_loss: the pixels in [0, 1] as patches; with norm_pix_loss, each patch's 0-255
+    values normalized per colour channel by their own mean and (unbiased) variance, eps 1e-6.
+    tests/omnimae/test_visualize.py checks it against the model's loss.
     """
+    rgb = rgb_patches(model, pixels)
+    return _normalized(rgb) if model.config.norm_pix_loss else rgb
+
+
+def _normalized(rgb: torch.Tensor) -> torch.Tensor:
+    b, n, _ = rgb.shape
+    per_channel = (rgb * 255.0).reshape(b, n, -1, 3)  # [B, N, pt*ph*pw, 3]
+    mean = per_channel.mean(dim=2, keepdim=True)
+    var = per_channel.var(dim=2, keepdim=True)
+    return ((per_channel - mean) / (var + 1e-6).sqrt()).reshape(b, n, -1)
+
+
+def _z_scale(z: torch.Tensor) -> torch.Tensor:
+    """One fixed scale for normalized panels: z = 0 (the patch's mean) mid-grey, +-Z_SATURATE
+    saturate; values stay above Z_FLOOR, so black (NOT_IN_LOSS) means a visible patch only."""
+    return Z_FLOOR + (1.0 - Z_FLOOR) * 0.5 * (1.0 + (z / Z_SATURATE).clamp(-1.0, 1.0))
+
+
+@torch.no_grad()
+def reconstruction(model, pixels: torch.Tensor, mask: torch.Tensor, num_visible: int,
+                   autocast=None) -> Reconstruction:
+    """The model (eval mode, eagerly) on pixels [B, 3, (T,) H, W] (ImageNet-normalized) with mask
+    [B, N] (True = hidden); the panels of `Reconstruction`. An image's prediction is the mean of the
+    pt frames the model predicts for it (its target's frames are equal)."""
     was_training = model.training
     model.eval()
     with autocast or nullcontext(), eager():
         _, pred = model(pixels, mask, num_visible)
     model.train(was_training)
-    video = pixels if pixels.ndim == 5 else model._as_video(pixels)
-    original = (video.float() * model.pixel_std + model.pixel_mean).clamp(0, 1)  # [B, 3, T, H, W]
-    target = model.patchify(original)  # [B, N, P], P in (t, h, w, channel) order
-    pred = pred.float()
-    if model.config.norm_pix_loss:
-        b, n, _ = target.shape
-        per_channel = target.reshape(b, n, -1, 3)
-        mean = per_channel.mean(dim=2, keepdim=True)
-        std = (per_channel.var(dim=2, keepdim=True) + 1e-6 / 255.0**2).sqrt()
-        pred = (pred.reshape(b, n, -1, 3) * std + mean).reshape(b, n, -1)
+    pred = pred.float()  # [B, N, P]
+    normalized = model.config.norm_pix_loss
+    rgb = rgb_patches(model, pixels)  # [B, N, P]
+    target = _normalized(rgb) if normalized else rgb  # loss_targets
+    rgb = rgb.clamp(0, 1)
     hidden = mask.unsqueeze(-1).to(target.dtype)  # [B, N, 1]
-    masked = model.unpatchify(target * (1 - hidden) + 0.5 * hidden, original.shape)  # grey = hidden
-    prediction = model.unpatchify(pred, original.shape).clamp(0, 1)
-    return masked, prediction, original
+    per_token = (pred - target).pow(2).mean(dim=-1)  # [B, N]
+    loss = (per_token * hidden[..., 0]).sum(dim=1) / hidden[..., 0].sum(dim=1).clamp(min=1.0)  # [B]
+    if normalized:
+        prediction = _z_scale(pred) * hidden + NOT_IN_LOSS * (1 - hidden)
+        shown_target = _z_scale(target) * hidden + NOT_IN_LOSS * (1 - hidden)
+    else:
+        prediction = pred.clamp(0, 1) * hidden + rgb * (1 - hidden)  # visible: the input itself
+        shown_target = rgb
+
+    def clip(patches: torch.Tensor) -> torch.Tensor:  # [B, N, P] -> [B, 3, T, H, W]
+        x = model.unpatchify(patches, pixels.shape)
+        return x if x.ndim == 5 else x.unsqueeze(2)
+
+    return Reconstruction(masked=clip(rgb * (1 - hidden) + 0.5 * hidden), prediction=clip(prediction),
+                          target=clip(shown_target), original=clip(rgb),
+                          hidden=clip(hidden.expand_as(target))[:, :1], loss=loss, normalized=normalized)
+
+
+def reconstruct(model, pixels: torch.Tensor, mask: torch.Tensor, num_visible: int, autocast=None):
+    """(masked, prediction, original) clips [B, 3, T, H, W] in [0, 1]: the panels of `reconstruction`."""
+    r = reconstruction(model, pixels, mask, num_visible, autocast)
+    return r.masked, r.prediction, r.original
 
 
 def _to_uint8(frame: torch.Tensor) -> np.ndarray:
@@ -56,24 +136,43 @@ def _to_uint8(frame: torch.Tensor) -> np.ndarray:
     return (frame.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
 
 
-def reconstruction_grid(masked, prediction, original, *, samples: int = 2, frames: int = 4,
-                        labels: tuple[str, str, str] = ("masked", "predicted", "original")) -> np.ndarray:
-    """Rows: (masked, prediction, original) per sample; columns: up to `frames` frames of each clip."""
-    b, _, t, h, w = original.shape
+def _caption(normalized: bool) -> str:
+    if normalized:
+        return ("Normalized targets: prediction and target as each patch's z-scores per colour channel "
+                f"(grey = the patch's mean, +-{Z_SATURATE:g} std saturate), hidden patches only; black = "
+                "visible, not in the loss. The prediction is never drawn with a hidden patch's own colours.")
+    return "Raw-pixel targets: the prediction in RGB on hidden patches; its visible patches are the input."
+
+
+def reconstruction_grid(r: Reconstruction, *, samples: int = 2, frames: int = 4) -> np.ndarray:
+    """One picture [H, W, 3] uint8: a caption, then per sample its rows (see the module docstring)."""
+    b, _, t, h, w = r.original.shape
     frame_ids = np.unique(np.linspace(0, t - 1, min(frames, t)).round().astype(int))
-    rows = []
+    rows, labels = [], []
     for i in range(min(samples, b)):
-        for clip in (masked, prediction, original):
+        space = "normalized" if r.normalized else "RGB"
+        panels = [(r.masked, "masked input"),
+                  (r.prediction, f"prediction\n({space}{'' if r.normalized else ', visible: input'})"
+                                 f"\nloss {r.loss[i].item():.3f}")]  # sync: drawing only
+        if r.normalized:
+            panels.append((r.target, "target\n(normalized)"))
+        panels.append((r.original, "original"))
+        for clip, label in panels:
             rows.append(np.concatenate([_to_uint8(clip[i, :, f]) for f in frame_ids], axis=1))
+            labels.append(f"sample {i}\n{label}" if label == "masked input" else label)
+    width = LABEL_WIDTH + rows[0].shape[1]
+    caption = textwrap.fill(_caption(r.normalized), width=max(20, width // 5 - 2))
+    top = 14 * (caption.count("\n") + 1) + 6
     pad = 4
-    width = rows[0].shape[1]
-    grid = np.full((len(rows) * (h + pad), width + 90, 3), 255, dtype=np.uint8)
-    for r, row in enumerate(rows):
-        grid[r * (h + pad):r * (h + pad) + h, 90:] = row
+    grid = np.full((top + len(rows) * (h + pad), width, 3), 255, dtype=np.uint8)
+    for k, row in enumerate(rows):
+        grid[top + k * (h + pad):top + k * (h + pad) + h, LABEL_WIDTH:] = row
     image = Image.fromarray(grid)
     draw = ImageDraw.Draw(image)
-    for r in range(len(rows)):
-        draw.text((4, r * (h + pad) + h // 2 - 6), labels[r % 3], fill=(0, 0, 0))
+    draw.multiline_text((4, 3), caption, fill=(0, 0, 0), spacing=2)
+    for k, label in enumerate(labels):
+        lines = label.count("\n") + 1
+        draw.multiline_text((4, top + k * (h + pad) + max(0, h // 2 - 7 * lines)), label, fill=(0, 0, 0), spacing=2)
     return np.asarray(image)
 
 
@@ -87,15 +186,10 @@ def save_reconstructions(model, batches: dict[str, Batch] | Batch, out_dir: Path
     paths = []
     for modality, batch in sorted(batches.items()):
         n = min(samples, len(batch))
-        masked, prediction, original = reconstruct(model, batch.pixels[:n], batch.mask[:n], batch.num_visible,
-                                                   autocast)
-        # A normalized-pixel model predicts structure only; its colours are borrowed from the input.
-        middle = "pred*stats" if model.config.norm_pix_loss else "predicted"
-        grid = reconstruction_grid(masked, prediction, original, samples=n,
-                                   frames=1 if modality == "image" else 4,
-                                   labels=("masked", middle, "original"))
+        r = reconstruction(model, batch.pixels[:n], batch.mask[:n], batch.num_visible, autocast)
+        grid = reconstruction_grid(r, samples=n, frames=1 if modality == "image" else 4)
         path = out_dir / f"{modality}_step{step:08d}.png"
-        Image.fromarray(grid).save(path)
+        Image.fromarray(grid).save(path, optimize=True)
         if metrics is not None:
             metrics.add_image(f"reconstruction/{modality}", grid, step)
         paths.append(path)
