@@ -5,6 +5,8 @@
     omnimae-data synth demo ROOT
     omnimae-data index ROOT --layout auto --split train [--out PATH] [--base-url s3://bucket/ssv2]
     omnimae-data index ROOT --layout flat      # a folder of unlabelled videos or images
+    omnimae-data index ROOT --layout shards    # *.tar shards (webdataset, tar) -> ROOT/shards_train.jsonl
+    omnimae-data shard SRC DEST --shard-size 64M --workers 8 [--rank R --world-size N]
 
 Errors (a usage error, a folder with nothing indexable) are one line on stderr and exit 2.
 """
@@ -20,6 +22,8 @@ from collections import Counter
 from loaders import manifest
 from loaders.devtools import synthetic
 from loaders.errors import LoaderError
+from loaders.shards.indexer import index_shards, looks_like_shards
+from loaders.shards.writer import shard_dataset
 
 PROG = "omnimae-data"
 
@@ -55,6 +59,28 @@ def _even(text: str) -> int:
     return _integer(text, 2, even=True)
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _bytes(text: str) -> int:
+    """`64M`, `1G`, `500000`: bytes (K, M, G are powers of 1024)."""
+    number, unit = text.strip().upper().rstrip("B").rstrip("I"), ""
+    if number and number[-1] in _UNITS:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 64M or 1G, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _from_env(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else default
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed; the same seed writes the same files (default 0)")
@@ -64,9 +90,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Make synthetic datasets and manifests for OmniMAE.")
+    parser = _Parser(prog=PROG, description="Make synthetic datasets, manifests and tar shards for OmniMAE.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                                     metavar="{synth,index}")
+                                     metavar="{synth,index,shard}")
 
     synth = commands.add_parser("synth", help="write a synthetic dataset")
     kinds = synth.add_subparsers(dest="kind", required=True, parser_class=_Parser,
@@ -108,16 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="video codec (default vp9)")
     _add_common(demo)
 
-    index = commands.add_parser("index", help="probe a dataset folder and write a manifest")
-    index.add_argument("root", metavar="ROOT", help="dataset folder")
-    index.add_argument("--layout", choices=manifest.LAYOUTS, default="auto",
-                       help="folder layout (default auto: ssv2 if a labels json is found, "
+    index = commands.add_parser("index", help="probe a dataset folder and write a manifest, or index tar "
+                                              "shards and write a shard index")
+    index.add_argument("root", metavar="ROOT", help="dataset folder; for shards also a URL, a .tar or a "
+                                                    "pattern such as 'https://host/train-{000000..000099}.tar'")
+    index.add_argument("--layout", choices=manifest.LAYOUTS + ("shards",), default="auto",
+                       help="folder layout (default auto: shards if ROOT is a URL, a pattern or a folder "
+                            "holding *.tar files; ssv2 if a labels json is found, "
                             "flat (unlabelled) if the folder holds media files but no class "
                             "folders, imagenet if train/ or val/ exists, else class folders)")
     index.add_argument("--split", choices=("train", "val", "validation", "test"),
                        default="train", help="split to index; val = validation (default train)")
     index.add_argument("--out", default=None,
-                       help="manifest path or URL (default ROOT/manifest_<split>.jsonl)")
+                       help="manifest path or URL (default ROOT/manifest_<split>.jsonl; shards: "
+                            "ROOT/shards_<split>.jsonl)")
     uris = index.add_mutually_exclusive_group()
     uris.add_argument("--base-url", default=None,
                       help="write uris as this prefix + the path below ROOT, e.g. "
@@ -127,6 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--workers", type=_positive, default=4,
                        help="threads probing files (default 4)")
     index.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    shard = commands.add_parser("shard", help="write an indexed data set as WebDataset tar shards and their "
+                                              "shard index")
+    shard.add_argument("src", metavar="SRC", help="data set root holding manifest_<split>.jsonl, or a "
+                                                  "manifest; a folder or any fsspec URL")
+    shard.add_argument("dest", metavar="DEST", help="folder or fsspec URL for the shards and shards_<split>.jsonl")
+    shard.add_argument("--split", choices=("train", "val", "test"), default="train",
+                       help="split whose manifest is sharded (default train)")
+    size = shard.add_mutually_exclusive_group()
+    size.add_argument("--shard-size", type=_bytes, default=None,
+                      help="about this many bytes per shard: 64M, 1G, ... (default 64M)")
+    size.add_argument("--per-shard", type=_positive, default=None, help="items per shard")
+    shard.add_argument("--workers", type=_positive, default=4, help="shards built and written at once (default 4)")
+    shard.add_argument("--max-in-flight", type=_positive, default=64,
+                       help="source reads in flight (default 64)")
+    shard.add_argument("--rank", type=_count, default=_from_env("RANK", 0),
+                       help="this process writes the shards s with s %% world-size == rank "
+                            "(default $RANK or 0; a Slurm array: $SLURM_ARRAY_TASK_ID)")
+    shard.add_argument("--world-size", type=_positive, default=_from_env("WORLD_SIZE", 1),
+                       help="processes sharing the work (default $WORLD_SIZE or 1)")
+    shard.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -161,20 +212,56 @@ def _synth(args) -> None:
         print(f"  manifest {name}: {path}")
 
 
+def _report_skipped(skipped: list[tuple[str, str]]) -> None:
+    for uri, reason in skipped[:20]:
+        print(f"skipped {uri}: {reason}", file=sys.stderr)
+    if len(skipped) > 20:
+        print(f"... and {len(skipped) - 20} more skipped", file=sys.stderr)
+
+
+def _describe(m: manifest.Manifest) -> tuple[str, str]:
+    """("12 classes" or "unlabelled", "vp9 10, h264 2")."""
+    labels = "unlabelled" if m.class_names is None and m.num_classes == 0 else f"{m.num_classes} classes"
+    return labels, ", ".join(f"{c} {n}" for c, n in Counter(e.codec for e in m).most_common())
+
+
+def _index_shards(args, split: str) -> None:
+    if args.relative:
+        raise ValueError("--relative is for manifests: shard urls are written relative to the index "
+                         "when the shards sit beside it")
+    result = index_shards(args.root, split=split, out=args.out, workers=args.workers, base_url=args.base_url,
+                          progress=not args.no_progress)
+    _report_skipped(result.skipped)
+    m = result.manifest
+    labels, codecs = _describe(m)
+    print(f"{len(m)} items in {len(m.shards)} shards, {labels}, {len(result.skipped)} skipped "
+          f"({codecs}; {result.requests} ranged reads, {result.bytes_read / 1e6:.1f} of "
+          f"{result.bytes_total / 1e6:.1f} MB) -> {result.out}")
+
+
+def _shard(args) -> None:
+    result = shard_dataset(args.src, args.dest, split=args.split, shard_size=args.shard_size,
+                           per_shard=args.per_shard, workers=args.workers, rank=args.rank,
+                           world_size=args.world_size, max_in_flight=args.max_in_flight,
+                           progress=not args.no_progress)
+    _report_skipped(result.skipped)
+    where = f"-> {result.index}" if result.index else \
+        "; the index is written by the process that finds every shard done (other ranks' are missing)"
+    print(f"wrote {result.written} shards, kept {result.kept} from an earlier run, of {result.shards} "
+          f"({result.per_shard} items each): {result.items} items written, {len(result.skipped)} skipped {where}")
+
+
 def _index(args) -> None:
     split = "val" if args.split == "validation" else args.split
+    if args.layout == "shards" or (args.layout == "auto" and looks_like_shards(args.root)):
+        return _index_shards(args, split)
     out = args.out or os.path.join(args.root, f"manifest_{split}.jsonl")
     result = manifest.index_folder(args.root, layout=args.layout, split=args.split,
                                    base_url=args.base_url, relative=args.relative, out=out,
                                    workers=args.workers, progress=not args.no_progress)
-    for uri, reason in result.skipped[:20]:
-        print(f"skipped {uri}: {reason}", file=sys.stderr)
-    if len(result.skipped) > 20:
-        print(f"... and {len(result.skipped) - 20} more skipped", file=sys.stderr)
+    _report_skipped(result.skipped)
     m = result.manifest
-    labels = "unlabelled" if m.class_names is None and m.num_classes == 0 else \
-        f"{m.num_classes} classes"
-    codecs = ", ".join(f"{c} {n}" for c, n in Counter(e.codec for e in m).most_common())
+    labels, codecs = _describe(m)
     print(f"{len(m)} entries, {labels}, {len(result.skipped)} skipped "
           f"({result.layout} layout; {codecs}) -> {out}")
 
@@ -186,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "synth":
             _synth(args)
+        elif args.command == "shard":
+            _shard(args)
         else:
             _index(args)
     except (LoaderError, ValueError, OSError, RuntimeError) as error:

@@ -9,6 +9,10 @@ windows, crops, flips, masks) comes from generators seeded by (seed, rank, batch
 read order from the epoch-seeded sampler, so a loader restored from `state_dict()` yields the same
 next batches. Failed items are replaced by the next ones (loaders.item_stream).
 
+A manifest of items in tar shards (loaders.shards.ShardedManifest, read from a shard index) is read
+by a ShardStream instead: whole shards through a reader of the data set's own, members sliced from
+memory; the batches are made the same way from there on.
+
 Both stages run at once (`decode_ahead=1`, the default): stage 1 reads and decodes batch k+1 while
 the caller assembles batch k, so the decoder's threads do not idle through assembly. Batch k+1's
 randomness is still drawn from its own number, so the batches are the same as with
@@ -33,6 +37,8 @@ from loaders.decode.common import DecodeOutput
 from loaders.decode_ahead import DecodeStage
 from loaders.item_stream import ItemStream
 from loaders.manifest import Manifest
+from loaders.shards.index import ShardedManifest
+from loaders.shards.stream import ShardSettings, ShardStream
 from loaders.storage import AsyncReader
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,10 @@ class ItemLoader:
         loader's own, with `max_in_flight` and `storage_options`, closed by `close`.
     decode_ahead: batches read and decoded ahead on the loader's own thread while the caller
         assembles (0: read, decode and assemble in the caller's thread, one after the other).
+    shards: how a ShardedManifest is read (None: ShardSettings' defaults). Such a data set reads
+        through a reader of its own, made from these settings and `storage_options` (whole shards:
+        the shared reader's window of max_in_flight reads ahead would hold that many shards), so
+        `reader` must be None for it.
     """
 
     modality = ""  # VIDEO or IMAGE
@@ -66,7 +76,7 @@ class ItemLoader:
     def __init__(self, manifest: Manifest, settings: AssemblySettings, *, batch_size: int,
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, seed: int = 0,
                  reader: AsyncReader | None = None, max_in_flight: int = 64, storage_options: dict | None = None,
-                 decode_threads: int = 2, decode_ahead: int = 1):
+                 decode_threads: int = 2, decode_ahead: int = 1, shards: ShardSettings | None = None):
         if batch_size % settings.replication:
             raise ValueError(f"batch_size {batch_size} is not divisible by replication {settings.replication}")
         self.manifest = manifest
@@ -79,9 +89,18 @@ class ItemLoader:
         self.seed = seed
         self.decode_threads = decode_threads
         self._own_reader = reader is None
-        self.reader = reader or AsyncReader(max_in_flight=max_in_flight, storage_options=storage_options)
-        self.stream = ItemStream(manifest, self.reader, modality=self.modality, rank=rank, world_size=world_size,
-                                 seed=seed)
+        if isinstance(manifest, ShardedManifest):
+            if reader is not None:
+                raise ValueError("a sharded data set reads through a reader of its own: pass reader=None "
+                                 "(and storage_options, shards=ShardSettings(...))")
+            shards = shards or ShardSettings()
+            self.reader = shards.make_reader(storage_options)
+            self.stream = ShardStream(manifest, self.reader, modality=self.modality, rank=rank,
+                                      world_size=world_size, seed=seed, buffer=shards.buffer, shuffle=shards.shuffle)
+        else:
+            self.reader = reader or AsyncReader(max_in_flight=max_in_flight, storage_options=storage_options)
+            self.stream = ItemStream(manifest, self.reader, modality=self.modality, rank=rank,
+                                     world_size=world_size, seed=seed)
         self.batches = 0  # batches built so far: seeds the randomness of the next one
         # The counters (here and in the stream) include the batch decoded ahead; state_dict() does not.
         self.decode_ahead = max(0, decode_ahead)
@@ -174,8 +193,11 @@ class ItemLoader:
     def stats(self) -> dict:
         """Work done so far, the batch being decoded ahead included."""
         s = self.stream
-        return {"batches": self.batches, "items": s.items, "decoded": s.decoded, "failures": s.failures,
-                "reader": self.reader.stats(), "recent_failures": s.failure_log[-5:]}
+        stats = {"batches": self.batches, "items": s.items, "decoded": s.decoded, "failures": s.failures,
+                 "reader": self.reader.stats(), "recent_failures": s.failure_log[-5:]}
+        if isinstance(s, ShardStream):
+            stats["shards"] = s.shard_stats()
+        return stats
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Stop stage 1, the reads in flight, the reader (if this loader made it) and the decoder's

@@ -10,6 +10,9 @@ The read order comes from an epoch-seeded sampler; reads run ahead through the A
 its `max_in_flight`), and the resume point is the sampler state after the last item taken, not
 after the reads in flight.
 
+StreamCounters holds what it shares with loaders.shards.stream.ShardStream (the same items, read from
+tar shards): the counters, the failure log and the bad items.
+
 Items that cannot be read or decoded are replaced by the next items of the epoch, counted, and
 logged with their uri and reason; nothing stalls and nothing crashes. A damaged item (a decode
 failure, a permanent read failure) is remembered for the run in `bad`, which is part of the
@@ -36,26 +39,68 @@ log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 256
 
 
-class ItemStream:
-    """The sampler, the read stream, failure accounting and the resumable position of one data set."""
+class StreamCounters:
+    """What every stream of one data set's items counts: items read and decoded, failures (logged with
+    the item's uri and reason), the damaged items remembered in `bad`, and the failures in a row."""
 
-    def __init__(self, manifest: Manifest, reader: AsyncReader, *, modality: str, rank: int = 0,
-                 world_size: int = 1, seed: int = 0):
+    def __init__(self, manifest: Manifest, modality: str):
         if len(manifest) == 0:
             raise ValueError("the manifest lists no samples")
         self.manifest = manifest
-        self.reader = reader
         self.modality = modality  # in messages only
-        self.sampler = EpochSampler(len(manifest), seed=seed, rank=rank, world_size=world_size, shuffle=True,
-                                    infinite=True)
-        self._results: Iterator | None = None  # the reader's ReadResults, from the first read on
-        self._position: dict | None = None  # the sampler state after the last item taken
         self.failures = 0  # distinct damaged items, plus each transient read failure
         self.failure_log: list[tuple[str, str]] = []  # (uri, reason), the latest ones
         self.bad: set[int] = set()  # manifest indices of damaged items: skipped from now on
         self.items = 0  # items read and handed to the decoder
         self.decoded = 0  # items that decoded into a clip
         self._consecutive_failures = 0  # read or decode failures since the last good item
+
+    def item_decoded(self) -> None:
+        self.decoded += 1
+        self._consecutive_failures = 0
+
+    def item_failed(self, index: int, reason: str, may_clear: bool = False) -> None:
+        """Count and log one failed item, remember it unless the failure may clear (a transient
+        read failure); raise once MAX_CONSECUTIVE_FAILURES items in a row failed (reads and
+        decodes alike: a data set of only corrupt files must not spin forever)."""
+        if not may_clear:
+            self.bad.add(index)
+        self.count_failure(self.manifest[index].uri, reason)
+
+    def count_failure(self, uri: str, reason: str) -> None:
+        """Count and log one failure of `uri` (an item, or a whole shard); raise past
+        MAX_CONSECUTIVE_FAILURES in a row."""
+        uri = redact(uri)
+        self.failures += 1
+        self._consecutive_failures += 1
+        self.failure_log = (self.failure_log + [(uri, reason)])[-100:]
+        log.warning("skipped %s item %s: %s (%d skipped so far)", self.modality, uri, reason, self.failures)
+        if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            raise DataError(f"{self._consecutive_failures} {self.modality} items in a row could not be read "
+                            f"or decoded; last: {uri}: {reason}")
+
+    def counters(self) -> dict:
+        """The counters and the bad items, for a state_dict."""
+        return {"failures": self.failures, "items": self.items, "decoded": self.decoded, "bad": sorted(self.bad)}
+
+    def load_counters(self, state: dict) -> None:
+        self.failures = int(state["failures"])
+        self.items = int(state.get("items", 0))
+        self.decoded = int(state.get("decoded", 0))
+        self.bad = {int(i) for i in state.get("bad", ())}  # absent in states saved before it existed
+
+
+class ItemStream(StreamCounters):
+    """The sampler, the read stream, failure accounting and the resumable position of one data set."""
+
+    def __init__(self, manifest: Manifest, reader: AsyncReader, *, modality: str, rank: int = 0,
+                 world_size: int = 1, seed: int = 0):
+        super().__init__(manifest, modality)
+        self.reader = reader
+        self.sampler = EpochSampler(len(manifest), seed=seed, rank=rank, world_size=world_size, shuffle=True,
+                                    infinite=True)
+        self._results: Iterator | None = None  # the reader's ReadResults, from the first read on
+        self._position: dict | None = None  # the sampler state after the last item taken
 
     @property
     def started(self) -> bool:
@@ -98,39 +143,19 @@ class ItemStream:
         self.items += len(out)
         return out, waited
 
-    def item_decoded(self) -> None:
-        self.decoded += 1
-        self._consecutive_failures = 0
-
-    def item_failed(self, index: int, reason: str, may_clear: bool = False) -> None:
-        """Count and log one failed item, remember it unless the failure may clear (a transient
-        read failure); raise once MAX_CONSECUTIVE_FAILURES items in a row failed (reads and
-        decodes alike: a data set of only corrupt files must not spin forever)."""
-        uri = redact(self.manifest[index].uri)
-        if not may_clear:
-            self.bad.add(index)
-        self.failures += 1
-        self._consecutive_failures += 1
-        self.failure_log = (self.failure_log + [(uri, reason)])[-100:]
-        log.warning("skipped %s item %s: %s (%d skipped so far)", self.modality, uri, reason, self.failures)
-        if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-            raise DataError(f"{self._consecutive_failures} {self.modality} items in a row could not be read "
-                            f"or decoded; last: {uri}: {reason}")
-
     def state_dict(self) -> dict:
         """The position after the last item taken (reads in flight beyond it are not counted)."""
-        return {"sampler": self._position or self.sampler.state_dict(), "failures": self.failures,
-                "items": self.items, "decoded": self.decoded, "bad": sorted(self.bad)}
+        return {"sampler": self._position or self.sampler.state_dict(), **self.counters()}
 
     def load_state_dict(self, state: dict) -> None:
         if self.started:
             raise RuntimeError("load_state_dict must be called before the loader starts reading")
+        if "sampler" not in state:
+            raise DataError(f"the {self.modality} loader state was saved reading shards; this data set is read "
+                            "one object per item: its position cannot be carried over (start a new run)")
         self.sampler.load_state_dict(state["sampler"])
         self._position = state["sampler"]
-        self.failures = int(state["failures"])
-        self.items = int(state.get("items", 0))
-        self.decoded = int(state.get("decoded", 0))
-        self.bad = {int(i) for i in state.get("bad", ())}  # absent in states saved before it existed
+        self.load_counters(state)
 
     def close(self) -> None:
         """Cancel the reads in flight (call it once no other thread takes items)."""

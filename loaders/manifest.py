@@ -26,7 +26,7 @@ import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import av
 import fsspec
@@ -123,8 +123,8 @@ def _has_scheme(uri: str) -> bool:
     return "://" in uri
 
 
-def _resolve(uri: str, base: str) -> str:
-    """A relative uri resolved against the manifest's folder `base` (a local path or URL)."""
+def resolve_uri(uri: str, base: str) -> str:
+    """A relative uri resolved against the folder `base` (a local path or URL) of the file naming it."""
     if _has_scheme(uri) or os.path.isabs(uri):
         return uri
     if _has_scheme(base):
@@ -132,10 +132,28 @@ def _resolve(uri: str, base: str) -> str:
     return os.path.normpath(os.path.join(base, uri))
 
 
-def _parent(path_or_url: str) -> str:
+def parent_folder(path_or_url: str) -> str:
+    """The folder holding a local path (made absolute) or a URL."""
     if _has_scheme(path_or_url):
         return path_or_url.rsplit("/", 1)[0]
     return os.path.dirname(os.path.abspath(path_or_url))
+
+
+def parse_json_lines(path_or_url: str | os.PathLike, handle: Callable[[Any], None], *,
+                     storage_options: dict | None = None) -> None:
+    """handle(value) for the JSON value of every non-blank line of a local file or fsspec URL (`.gz`
+    decompressed on the fly); bad JSON, or a ValueError of handle, raises ValueError("<path>:<line>: ...")."""
+    path = os.fspath(path_or_url)
+    with fsspec.open(path, "rt", encoding="utf-8", compression="infer",
+                     **(storage_options or {})) as f:
+        for number, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                handle(json.loads(line))
+            except ValueError as error:  # json.JSONDecodeError is a ValueError
+                raise ValueError(f"{path}:{number}: {error}") from None
 
 
 def read_manifest(path_or_url: str | os.PathLike, *, storage_options: dict | None = None,
@@ -146,34 +164,28 @@ def read_manifest(path_or_url: str | os.PathLike, *, storage_options: dict | Non
     uris are resolved against the manifest's folder unless resolve_relative is False. A bad line
     raises ValueError("<path>:<line>: <reason>").
     """
-    path = os.fspath(path_or_url)
-    base = _parent(path)
+    base = parent_folder(os.fspath(path_or_url))
     entries: list[ManifestEntry] = []
     class_names = None
-    with fsspec.open(path, "rt", encoding="utf-8", compression="infer",
-                     **(storage_options or {})) as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-                if not entries and class_names is None and isinstance(obj, dict) \
-                        and "class_names" in obj and "uri" not in obj:
-                    names = obj["class_names"]
-                    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                        raise ValueError("class_names must be a list of strings")
-                    class_names = names
-                    continue
-                entry = ManifestEntry.from_dict(obj)
-                if class_names is not None and entry.label >= len(class_names):
-                    raise ValueError(f"label {entry.label} out of range for "
-                                     f"{len(class_names)} class names")
-            except ValueError as error:  # json.JSONDecodeError is a ValueError
-                raise ValueError(f"{path}:{number}: {error}") from None
-            if resolve_relative:
-                entry = replace(entry, uri=_resolve(entry.uri, base))
-            entries.append(entry)
+
+    def handle(obj) -> None:
+        nonlocal class_names
+        if not entries and class_names is None and isinstance(obj, dict) \
+                and "class_names" in obj and "uri" not in obj:
+            names = obj["class_names"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError("class_names must be a list of strings")
+            class_names = names
+            return
+        entry = ManifestEntry.from_dict(obj)
+        if class_names is not None and entry.label >= len(class_names):
+            raise ValueError(f"label {entry.label} out of range for "
+                             f"{len(class_names)} class names")
+        if resolve_relative:
+            entry = replace(entry, uri=resolve_uri(entry.uri, base))
+        entries.append(entry)
+
+    parse_json_lines(path_or_url, handle, storage_options=storage_options)
     return Manifest(entries, class_names)
 
 
@@ -191,16 +203,21 @@ def write_manifest(entries: Manifest | Iterable[ManifestEntry], path: str | os.P
     if class_names is not None:
         lines.append(json.dumps({"class_names": list(class_names)}))
     lines.extend(json.dumps(e.to_dict()) for e in entries)
-    text = "\n".join(lines) + "\n"
+    return write_file(path, ("\n".join(lines) + "\n").encode("utf-8"), storage_options=storage_options)
+
+
+def write_file(path: str | os.PathLike, data: bytes, *, storage_options: dict | None = None) -> str:
+    """Write `data` to a local path or any fsspec URL; returns the path. A local file is written under
+    a temporary name and renamed (readers never see half of it); an object store's PUT is atomic."""
     path = os.fspath(path)
     if _has_scheme(path) and not path.startswith("file://"):
-        with fsspec.open(path, "wt", encoding="utf-8", **(storage_options or {})) as f:
-            f.write(text)
+        with fsspec.open(path, "wb", **(storage_options or {})) as f:
+            f.write(data)
         return path
     local = Path(path.removeprefix("file://"))
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_name(f".{local.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, local)
     return path
 
@@ -274,9 +291,12 @@ def probe_video(source: str | os.PathLike | bytes | bytearray | memoryview,
         file.close()
 
 
-def _check_image(path: str) -> str:
-    """The image's format ("jpeg", "png", ...); raises if PIL cannot parse it."""
-    with Image.open(path) as image:
+def probe_image(source: str | os.PathLike | bytes | bytearray | memoryview) -> str:
+    """The image's format ("jpeg", "png", ...) from a local path or its bytes; raises if PIL cannot
+    parse it."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    with Image.open(source) as image:
         image.verify()  # parses headers and structure without decoding every pixel
         return (image.format or "unknown").lower()
 
@@ -411,11 +431,13 @@ def _folder_items(root: Path, split: str, layout: str) -> tuple[list[tuple[Path,
     return items, class_names
 
 
-def _probe_entry(path: Path, label: int, uri: str) -> ManifestEntry | tuple[str, str]:
+def probe_entry(source: Path | bytes, label: int, uri: str, *, image: bool) -> ManifestEntry | tuple[str, str]:
+    """The manifest entry of one image or video (a local path or its bytes) named `uri`, or
+    (uri, reason) when it is not what its name says (see probe_video; never raises)."""
     try:
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            return ManifestEntry(uri, label, 1, 0.0, 0.0, _check_image(str(path)))
-        info = probe_video(path)
+        if image:
+            return ManifestEntry(uri, label, 1, 0.0, 0.0, probe_image(source))
+        info = probe_video(source)
         return ManifestEntry(uri, label, info.num_frames, info.fps, info.duration, info.codec)
     except Exception as error:  # any unreadable file is reported, never fatal
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -472,7 +494,8 @@ def index_folder(root: str | os.PathLike, layout: str = "auto", split: str = "tr
 
     jobs = [(path, label, uri_of(path)) for path, label in items]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(tqdm(pool.map(lambda job: _probe_entry(*job), jobs), total=len(jobs),
+        results = list(tqdm(pool.map(lambda job: probe_entry(*job, image=job[0].suffix.lower() in IMAGE_SUFFIXES),
+                                     jobs), total=len(jobs),
                             desc=f"index {split}", unit="file",
                             disable=None if progress else True))  # None: no bar off a terminal
     entries = [r for r in results if isinstance(r, ManifestEntry)]

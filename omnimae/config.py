@@ -106,6 +106,9 @@ class StorageConfig:
     outage_s: float = 300.0
     """When every request fails (store down, DNS, a 5xx storm), reads are held and retried, nothing is
     skipped, for up to this many seconds without a successful read; then the run stops."""
+    shard_reads: int = 4
+    """Sharded data sets: whole-shard reads in flight per data set, through a reader of its own (about
+    the storage bandwidth x latency / shard size; memory: data.shard_buffer + this many shards)."""
 
 
 @dataclass
@@ -140,6 +143,9 @@ class DataConfig(ReadConfig):
     video: DatasetConfig = field(default_factory=lambda: DatasetConfig(
         replication=4, mask_ratio=0.95, crop_scale=(0.08, 1.0)))
     """The video data set (SSv2 layout)."""
+    shard_buffer: int = 4
+    """Sharded data sets (a root with shards_<split>.jsonl): shards open at once per data set, their
+    items mixed; the shard order is shuffled every epoch."""
 
 
 @dataclass
@@ -461,6 +467,7 @@ def validate_storage(storage: StorageConfig, key: str) -> None:
     need(storage.hedge_after_s >= 0, f"{key}.hedge_after_s", "must be >= 0 (0 = off)")
     need(0 <= storage.max_failure_share <= 1, f"{key}.max_failure_share", "must be in [0, 1]")
     need(storage.outage_s > 0, f"{key}.outage_s", "must be > 0")
+    need(storage.shard_reads >= 1, f"{key}.shard_reads", "must be >= 1")
 
 
 def validate_optim(optim: OptimConfig) -> None:
@@ -502,6 +509,7 @@ def validate(cfg: Config) -> None:
         need(ds.mask_type in MASK_TYPES, f"{key}.mask_type", f"expected one of {', '.join(MASK_TYPES)}")
         need(ds.repeat > 0, f"{key}.repeat", "must be > 0")
     need(any_data, "data", "set data.image.root and/or data.video.root")
+    need(cfg.data.shard_buffer >= 1, "data.shard_buffer", "must be >= 1")
     validate_read(cfg.data)
     validate_optim(cfg.optim)
     validate_run(cfg.train, cfg.parallel)

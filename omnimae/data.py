@@ -23,6 +23,33 @@ def manifest_path(ds: DatasetConfig) -> str:
     return f"{ds.root.rstrip('/')}/manifest_{ds.split}.jsonl"
 
 
+def shard_index_path(ds: DatasetConfig) -> str:
+    from loaders.shards.index import index_name
+
+    return f"{ds.root.rstrip('/')}/{index_name(ds.split)}"
+
+
+def read_dataset(ds: DatasetConfig, storage_options: dict, *, known: bool = False):
+    """What a data set is read through: data.*.manifest when set (a shard index when named
+    shards_*.jsonl); else the root's manifest_<split>.jsonl, or, when there is none, its
+    shards_<split>.jsonl (tar shards: a loaders.shards.ShardedManifest). known: the manifest path is
+    known to exist (prepare_data checked it), so a missing one is an error, not a reason to look for
+    shards. Raises FileNotFoundError when neither is there."""
+    from loaders.manifest import read_manifest
+    from loaders.shards.index import is_shard_index, read_shard_index
+
+    path = manifest_path(ds)
+    if is_shard_index(path):
+        return read_shard_index(path, storage_options=_options(path, storage_options))
+    try:
+        return read_manifest(path, storage_options=_options(path, storage_options))
+    except FileNotFoundError:
+        if ds.manifest or known:
+            raise
+    shards = shard_index_path(ds)
+    return read_shard_index(shards, storage_options=_options(shards, storage_options))
+
+
 def _options(url: str, storage_options: dict) -> dict:
     from loaders.storage.backends import protocol_options
 
@@ -41,8 +68,6 @@ def _exists(url: str, storage_options: dict) -> bool:
 def prepare_data(cfg: Config, dist_info: DistInfo) -> dict[str, int]:
     """Checks each data set's manifest (generating the demo set first where the config asks for it) and
     returns {modality: items in the manifest}."""
-    from loaders.manifest import read_manifest
-
     if cfg.data.synth_if_missing:
         _generate_if_missing(cfg, dist_info)
     sizes = {}
@@ -51,13 +76,15 @@ def prepare_data(cfg: Config, dist_info: DistInfo) -> dict[str, int]:
         if not ds.root:
             continue
         path = manifest_path(ds)
-        if not _exists(path, cfg.data.storage_options):
+        known = _exists(path, cfg.data.storage_options)
+        if not known and (ds.manifest or not _exists(shard_index_path(ds), cfg.data.storage_options)):
             root_ok = _exists(ds.root, cfg.data.storage_options)
-            hint = (f"run `omnimae-data index {ds.root} --split {ds.split}` to write it" if root_ok else
+            hint = (f"run `omnimae-data index {ds.root} --split {ds.split}` to write it (for *.tar shards "
+                    f"it writes {shard_index_path(ds)})" if root_ok else
                     f"the data root {ds.root} does not exist: generate a data set with `omnimae-data synth "
                     f"{name} {ds.root}` or point data.{name}.root at yours")
             raise ConfigError(f"data.{name}.root: no manifest at {path}; {hint}")
-        sizes[name] = len(read_manifest(path, storage_options=_options(path, cfg.data.storage_options)))
+        sizes[name] = len(read_dataset(ds, cfg.data.storage_options, known=known))
         if sizes[name] == 0:
             raise ConfigError(f"data.{name}.manifest: {path} lists no samples")
     return sizes
@@ -105,6 +132,19 @@ def build_reader(storage: StorageConfig, storage_options: dict):
                        storage_options=storage_options)
 
 
+def _shard_options(cfg: Config) -> dict:
+    """A sharded data set's loader options: a reader of its own with the storage settings (no hedging:
+    a whole-shard read is long by nature, a hedge would double it), the buffer and reads in flight."""
+    from loaders.shards.stream import ShardSettings
+
+    storage = cfg.data.storage
+    reader_options = dict(timeout_s=storage.timeout_s, retries=storage.retries, backoff_max_s=storage.backoff_max_s,
+                          max_failure_share=storage.max_failure_share, outage_s=storage.outage_s)
+    return {"storage_options": cfg.data.storage_options,
+            "shards": ShardSettings(buffer=cfg.data.shard_buffer, reads=storage.shard_reads,
+                                    reader_options=reader_options)}
+
+
 def build_train_loader(cfg: Config, derived: dict, dist_info: DistInfo, *, patch_size: tuple[int, int, int]):
     """The JointLoader over the configured data sets: one modality per micro batch, all reading
     through one shared reader, which the JointLoader closes.
@@ -114,20 +154,19 @@ def build_train_loader(cfg: Config, derived: dict, dist_info: DistInfo, *, patch
     from loaders.assembly import AssemblySettings
     from loaders.image_loader import ImageLoader
     from loaders.joint_loader import JointLoader
-    from loaders.manifest import read_manifest
+    from loaders.shards.index import ShardedManifest
     from loaders.video_loader import VideoLoader
 
     reader = build_reader(cfg.data.storage, cfg.data.storage_options)
-    common = dict(batch_size=derived["micro_batch"], device=dist_info.device, rank=dist_info.rank,
-                  world_size=dist_info.world_size, seed=cfg.train.seed, reader=reader,
-                  decode_threads=cfg.data.decode_threads)
     loaders, repeats = {}, {}
     for name in MODALITIES:
         ds: DatasetConfig = getattr(cfg.data, name)
         if not ds.root:
             continue
-        path = manifest_path(ds)
-        manifest = read_manifest(path, storage_options=_options(path, cfg.data.storage_options))
+        manifest = read_dataset(ds, cfg.data.storage_options)
+        common = dict(batch_size=derived["micro_batch"], device=dist_info.device, rank=dist_info.rank,
+                      world_size=dist_info.world_size, seed=cfg.train.seed, decode_threads=cfg.data.decode_threads,
+                      **(_shard_options(cfg) if isinstance(manifest, ShardedManifest) else {"reader": reader}))
         settings = AssemblySettings(replication=ds.replication, crop_size=cfg.model.img_size,
                                     crop_scale=ds.crop_scale, flip_p=ds.flip_p, interpolation=INTERPOLATION[name],
                                     mask_ratio=ds.mask_ratio, mask_type=ds.mask_type, patch_size=patch_size)
