@@ -281,13 +281,14 @@ class LogWindow:
             if m.key in self.loss_sums:
                 self.loss_sums[m.key] += m.loss
             else:
+                # 0 + loss, as the two loops summed before: the golden losses are bit for bit.
                 self.loss_sums[m.key] = torch.zeros((), device=m.loss.device) + m.loss
             self.loss_counts[m.key] = self.loss_counts.get(m.key, 0) + 1
             self.samples += len(m.batch)
             self.flops += len(m.batch) * flops_of(m.batch)
             self.clock.add("data_wait", m.data_wait)
             stages["data_wait"] += m.data_wait
-            batch_stats = getattr(m.batch, "stats", {})
+            batch_stats = m.batch.stats  # the loader's seconds and counts for this batch
             self.items_decoded += int(batch_stats.get("items", 0))
             for k in LOADER_STAGES:
                 if k in batch_stats:
@@ -373,9 +374,7 @@ class Run:
     run_dir: Path
     cfg: Any
     preempt: Preemption
-    precision: str = "fp32"
     max_nonfinite: int = 0  # stop after this many non-finite steps in a row; 0 = never stop
-    profile_steps: int = 0
     start_step: int = 0
 
 
@@ -426,7 +425,7 @@ def run(r: Run) -> RunResult:
                        storage_p95=lambda: cluster.storage_p95(r.loader.stats()))
     # Under torchrun every rank records its own trace (profile/rank<R>-<host>/); rank 0 compares them.
     me = who[dist_info.rank]
-    profiler = StepProfiler(r.run_dir, r.profile_steps, dist_info.device,
+    profiler = StepProfiler(r.run_dir, c.profile_steps, dist_info.device,
                             name=f"rank{me['rank']}-{me['host']}" if dist_info.distributed else "")
     total = schedule.total_steps
     bar = Progress(total, initial=r.start_step, desc=c.run_name or r.run_dir.name, enabled=dist_info.is_main)
@@ -487,7 +486,7 @@ def run(r: Run) -> RunResult:
     wall = time.perf_counter() - run_t0
     totals = window.clock.run_totals
     stage, advice = bottleneck_summary(totals, wall)
-    summary = {"stopped_by": stopped_by, "steps": step, "wall_s": wall, "precision": r.precision,
+    summary = {"stopped_by": stopped_by, "steps": step, "wall_s": wall, "precision": autocast_for(r.cfg, dist_info.device)[1],
                "stage_seconds": totals, "bottleneck": stage, "suggestion": advice, "loader": r.loader.stats()}
     if dist_info.distributed:
         # Every rank's run totals (one gather): the bottleneck is the cluster's, not rank 0's.

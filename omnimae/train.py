@@ -117,8 +117,7 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
     schedule = Schedule.from_derived(derived, clip_grad=cfg.optim.clip_grad)
     run = Run(task=Pretraining(model, train_model, cfg, dist_info, run_dir, dataset_sizes), model=model,
               train_model=train_model, optimizer=optimizer, loader=loader, schedule=schedule, dist_info=dist_info,
-              run_dir=run_dir, cfg=cfg, preempt=preempt, precision=autocast_for(cfg, dist_info.device)[1],
-              max_nonfinite=cfg.train.max_nonfinite, profile_steps=cfg.train.profile_steps)
+              run_dir=run_dir, cfg=cfg, preempt=preempt, max_nonfinite=cfg.train.max_nonfinite)
     engine.resume(run, resume_path)
     result = engine.run(run)
     if result.stopped_by == "nonfinite":

@@ -130,15 +130,14 @@ def _train(cfg: FinetuneConfig, dist_info: DistInfo, preempt: Preemption) -> Pat
     task = Finetuning(cfg, classifier, train_model, ema, test, num_classes, dist_info)
     schedule = Schedule.from_derived(derived, clip_grad=cfg.optim.clip_grad)
     run = Run(task=task, model=classifier, train_model=train_model, optimizer=optimizer, loader=loader,
-              schedule=schedule, dist_info=dist_info, run_dir=run_dir, cfg=cfg, preempt=preempt,
-              precision=autocast_for(cfg, dist_info.device)[1], profile_steps=cfg.train.profile_steps)
+              schedule=schedule, dist_info=dist_info, run_dir=run_dir, cfg=cfg, preempt=preempt)
     engine.resume(run, resume_path)
     try:
         result = engine.run(run)
     finally:
         test.close()
     task.results.update(stopped_by=result.stopped_by, steps=result.steps, wall_s=result.wall_s,
-                        precision=run.precision, weights=str(cfg.model.pretrained or "random init"),
+                        precision=result.summary["precision"], weights=str(cfg.model.pretrained or "random init"),
                         load_info=classifier.load_info)
     write_json(dist_info, run_dir / "results.json", task.results)
     return run_dir
