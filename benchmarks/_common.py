@@ -66,11 +66,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def trainer_step(model, *, device: torch.device, compile: bool = False, precision: str = "auto"):
+def trainer_step(model, *, device: torch.device, compile: bool = False, precision: str = "auto",
+                 compile_scope: str = "auto", compile_mode: str = "default"):
     """The trainer's own step (omnimae.engine.TrainStep) over `model`, on batches of
-    (pixels, mask, num_visible): wrapped as the trainer wraps it (compiled per block when asked),
-    fused AdamW over the trainer's parameter groups with the config's defaults, the non-finite
-    guard included. precision: bf16, fp32, or auto (bf16 on a GPU, fp32 on the CPU)."""
+    (pixels, mask, num_visible): wrapped as the trainer wraps it (compiled as compile_scope says
+    when asked: omnimae.parallel), fused AdamW over the trainer's parameter groups with the config's
+    defaults, the non-finite guard included. precision: bf16, fp32, or auto (bf16 on a GPU, fp32 on
+    the CPU)."""
     from contextlib import nullcontext
 
     from omnimae.config import OptimConfig
@@ -83,7 +85,8 @@ def trainer_step(model, *, device: torch.device, compile: bool = False, precisio
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     dist_info = DistInfo(device=device)
     optim = OptimConfig()
-    train_model = parallelize(model, dist_info=dist_info, compile=compile)
+    train_model = parallelize(model, dist_info=dist_info, compile=compile, compile_scope=compile_scope,
+                              compile_mode=compile_mode)
     optimizer = build_adamw(param_groups(model, optim.weight_decay), lr=1e-4, betas=optim.betas)
 
     def mae_loss(batch, step, micro):

@@ -5,7 +5,9 @@
 #   GPU_CHECK_DRYRUN=1 bash benchmarks/gpu_check.sh   # on the CPU: every section with a tiny model, to
 #                                                     # catch a typo before it costs a GPU run
 #
-# 1. ViT-B compiled step: samples/s and MFU for image (90%) and video (95%) batches, bf16, synthetic input.
+# 1. ViT-B compiled step: samples/s and MFU for image (90%) and video (95%) batches, bf16, synthetic
+#    input, the fast forward beside the reference one; then the speed options (6 decoder heads,
+#    CUDA graphs for images).
 # 2. DALI mixed (NVDEC) vs CPU decode clips/s for VP9 and H.264, and batch assembly on the GPU
 #    (rows skipped with a reason where DALI or CUDA is missing).
 # 3. End to end: the trainer on generated SSv2-like H.264 videos (a codec NVDEC surely takes),
@@ -42,14 +44,14 @@ if [ "$has_cuda" = 1 ] && [ "$dry" != 1 ]; then
   threads=$(( $(nproc) > 16 ? 16 : $(nproc) ))
   device=cuda model=base step_batch=256 e2e_batch=128 e2e_steps=30 videos=256 decode_videos=24
   step_args=(--compile on --precision bf16 --steps 15 --warmup 4)
-  t_step=170 t_decode=110 t_e2e=${GPU_CHECK_E2E_LIMIT:-100}
+  t_step=330 t_speed=200 t_decode=110 fast_heads=6 t_e2e=${GPU_CHECK_E2E_LIMIT:-100}
   # Section 4: the demo as it is; fine-tunes on the 1,000 / 200 generated motion videos.
   ft_epochs=${GPU_CHECK_FT_EPOCHS:-40} pre_extra=() ft_data=(--train-videos 1000 --val-videos 200)
   ft_seeds=${GPU_CHECK_FT_SEEDS:-0} t_pre=150 t_ft=${GPU_CHECK_FT_LIMIT:-480}
 elif [ "$dry" = 1 ]; then
   threads=2 device=cpu model=debug step_batch=2 e2e_batch=8 e2e_steps=4 videos=16 decode_videos=4
   step_args=(--compile off --precision fp32 --steps 2 --warmup 1 --rounds 1 --img-size 64 --frames 4)
-  t_step=120 t_decode=120 t_e2e=150
+  t_step=120 t_speed=120 t_decode=120 fast_heads=2 t_e2e=150
   ft_epochs=1 pre_extra=(model.name=debug model.img_size=64 model.num_frames=4 train.max_steps=4)
   ft_data=(--train-videos 20 --val-videos 10) ft_seeds="0 1" t_pre=150 t_ft=150
 else
@@ -84,8 +86,14 @@ run_part() {
 
 if [[ $sections == *1* ]]; then
 section "1. ViT-B step time, compiled, bf16, synthetic input"
+# The fast forward and the reference one side by side, each modality (the attention kernels timed).
 run_part "$t_step" "$OUT/step_time.log" $PY benchmarks/step_time.py --model "$model" --device "$device" \
-  --batch "$step_batch" "${step_args[@]}" --out "$OUT/step_time.json"
+  --batch "$step_batch" "${step_args[@]}" --forward both --out "$OUT/step_time.json"
+section "1b. The speed options: video with 6 decoder heads of dim 64, images with CUDA graphs"
+run_part "$t_speed" "$OUT/step_time_options.log" bash -c "$PY benchmarks/step_time.py --model $model \
+  --device $device --batch $step_batch ${step_args[*]} --forward fast --modality video --decoder-heads $fast_heads \
+  && $PY benchmarks/step_time.py --model $model --device $device --batch $step_batch ${step_args[*]} \
+  --forward fast --modality image --compile-mode reduce-overhead"
 fi
 
 if [[ $sections == *2* ]]; then

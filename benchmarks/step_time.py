@@ -1,11 +1,18 @@
-"""Model-only training speed on synthetic tensors: eager vs compiled, fp32 vs bf16, image vs video.
+"""Model-only training speed on synthetic tensors: the fast forward vs the reference one, eager vs
+compiled, fp32 vs bf16, image vs video, in one run.
 
 Each measured step is the trainer's own (`omnimae.engine.TrainStep`, built as the trainer builds
-it by `benchmarks._common.trainer_step`): forward (encoder on the visible tokens, decoder on all),
-backward, the non-finite guard, fused AdamW step. Inputs are random pixels (ImageNet-normalized) and exact-count random
-masks (90% of image tokens, 95% of video tokens hidden), made on the device before timing, so the
-figures hold the model alone, with no loader cost. Compiled means per block, through
-`omnimae.parallel.parallelize` exactly as the trainer does it.
+it by `benchmarks._common.trainer_step`): forward, backward, the non-finite guard, fused AdamW
+step. Inputs are random pixels (ImageNet-normalized) and exact-count random masks (90% of image
+tokens, 95% of video tokens hidden), made on the device before timing, so the figures hold the
+model alone, with no loader cost. Two forwards on the same weights: "fast" is the model's
+(`OmniMAE.forward`: only the visible patches embedded and projected, the pixel head and loss on the
+hidden tokens; compiled as `--compile-scope` says, the trainer's default: the whole forward and
+loss in one graph) and "reference" the direct computation it replaced
+(`omnimae.reference_forward`, compiled per block as the trainer did before). Compiling goes
+through `omnimae.parallel.parallelize` exactly as the trainer does it. The SDPA kernel of each
+attention part is chosen as `--attention` says (omnimae.attention; auto times them on a GPU) and
+reported. Per-part forward FLOPs of both are printed first.
 
 Warm-up steps (the first ones compile) are timed apart; then `--steps` measured steps between
 device syncs. On the CPU the eager and compiled models are measured in alternating rounds
@@ -15,7 +22,7 @@ steps/s, samples/s, TFLOP/s from `model.flops_per_sample`, MFU against the devic
 the metrics table knows; none on the CPU), peak GPU memory. Then the compute-savings table of
 `omnimae.flops`. bf16 on the CPU runs where torch supports it (`--precision both`).
 
-    python benchmarks/step_time.py                                   # CPU: debug model, ~2 min
+    python benchmarks/step_time.py                                   # CPU: debug model, ~4 min
     python benchmarks/step_time.py --model base --device cuda --batch 64 --out results.json
 """
 
@@ -39,10 +46,12 @@ from benchmarks._common import host_info, trainer_step  # noqa: E402
 import torch  # noqa: E402
 
 from omnimae import flops as flops_table  # noqa: E402
+from omnimae.attention import SETTINGS, AttentionPart, choose_kernels  # noqa: E402
+from omnimae.reference_forward import reference_flops_breakdown, reference_forward  # noqa: E402
 from omnimae.masking import make_mask, num_visible  # noqa: E402
 from omnimae.metrics import device_peak_flops  # noqa: E402
 from omnimae.model import IMAGENET_MEAN, IMAGENET_STD, MODALITIES, SIZES, build_model  # noqa: E402
-from omnimae.config import DataConfig  # noqa: E402
+from omnimae.config import COMPILE_MODES, DataConfig  # noqa: E402
 
 MASK_RATIO = {m: getattr(DataConfig(), m).mask_ratio for m in MODALITIES}  # the config's (paper) defaults
 DEFAULT_BATCH = {"cpu": 4, "cuda": 64}
@@ -72,15 +81,45 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class Variant:
-    """One configuration (modality, compiled or not, precision): a fresh model, optimizer, batches."""
+class ReferenceMAE(torch.nn.Module):
+    """The model's weights under `reference_forward`; blocks exposed so they compile per block."""
 
-    def __init__(self, args, device: torch.device, modality: str, compiled: bool, precision: str):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.blocks, self.decoder_blocks = model.blocks, model.decoder_blocks
+
+    def forward(self, x, mask, num_visible):
+        return reference_forward(self.model, x, mask, num_visible)
+
+
+def build(args, device, modality: str):
+    """A fresh seeded model with the attention kernels pinned as --attention asks; (model, line)."""
+    torch.manual_seed(0)
+    model = build_model(args.model, img_size=args.img_size, num_frames=args.frames,
+                        **({"decoder_heads": args.decoder_heads} if args.decoder_heads else {})).to(device)
+    n = model.num_tokens(modality)
+    parts = [AttentionPart("encoder", model.blocks, num_visible(n, MASK_RATIO[modality])),
+             AttentionPart("decoder", model.decoder_blocks, n)]
+    dtype = torch.bfloat16 if args.precision_now == "bf16" else torch.float32
+    line, _ = choose_kernels(args.attention, parts, batch=args.batch, dtype=dtype, device=device)
+    return model, line
+
+
+class Variant:
+    """One configuration (modality, forward, compiled or not, precision): a fresh model, optimizer,
+    batches."""
+
+    def __init__(self, args, device: torch.device, modality: str, forward: str, compiled: bool, precision: str):
         self.args, self.device = args, device
-        self.modality, self.compiled, self.precision = modality, compiled, precision
-        torch.manual_seed(0)
-        self.model = build_model(args.model, img_size=args.img_size, num_frames=args.frames).to(device)
-        self.train_step = trainer_step(self.model, device=device, compile=compiled, precision=precision)
+        self.modality, self.forward, self.compiled, self.precision = modality, forward, compiled, precision
+        args.precision_now = precision
+        self.model, self.attention = build(args, device, modality)
+        stepped = self.model if forward == "fast" else ReferenceMAE(self.model)
+        scope = args.compile_scope if forward == "fast" else "blocks"
+        self.compile_scope = scope if compiled else None
+        self.train_step = trainer_step(stepped, device=device, compile=compiled, precision=precision,
+                                       compile_scope=scope, compile_mode=args.compile_mode)
         self.batches = synthetic_batches(self.model, modality, args.batch, args.frames, device, seed=1)
         self.steps_done = 0
         self.warmup_s = 0.0
@@ -122,12 +161,16 @@ class Variant:
         n = self.batches[0][1].shape[1]
         kept = self.batches[0][2]
         measured = len(self.durations)
-        flops = self.model.flops_per_sample(self.modality, 1 - kept / n)
+        ratio = 1 - kept / n
+        parts = (self.model.flops_breakdown(self.modality, ratio, args.batch) if self.forward == "fast"
+                 else reference_flops_breakdown(self.model, self.modality, ratio))
+        flops = 3 * sum(parts.values())
         samples_per_s = args.batch * measured / self.elapsed
         peak = device_peak_flops(device)
         durations = sorted(self.durations)
         return {
-            "modality": self.modality, "compile": self.compiled, "precision": self.precision,
+            "modality": self.modality, "forward": self.forward, "compile": self.compiled,
+            "compile_scope": self.compile_scope, "attention": self.attention, "precision": self.precision,
             "batch": args.batch, "tokens": n, "visible": kept, "warmup_s": self.warmup_s,
             "measured_steps": measured, "ms_per_step": 1e3 * self.elapsed / measured,
             "ms_per_step_median": 1e3 * durations[measured // 2] if device.type == "cpu" else None,
@@ -146,55 +189,55 @@ class Variant:
             torch.cuda.empty_cache()
 
 
-def _error_row(modality, compiled, precision, e: Exception) -> dict:
+def _error_row(modality, key, precision, e: Exception) -> dict:
     message = str(e).splitlines()[0] if str(e) else ""
-    return {"modality": modality, "compile": compiled, "precision": precision,
+    return {"modality": modality, "forward": key[0], "compile": key[1], "precision": precision,
             "error": f"{type(e).__name__}: {message}"}
 
 
-def run_group(args, device, modality: str, precision: str, compiles) -> list[dict]:
-    """Eager and/or compiled variants of one modality and precision.
+def run_group(args, device, modality: str, precision: str, keys) -> list[dict]:
+    """The (forward, compiled) variants `keys` of one modality and precision.
 
     rounds == 1: one variant at a time (clean peak-memory figures). rounds > 1: the variants are
     built and warmed together, then measured in alternating rounds, so a load change on a shared
     machine hits them alike and their ratio stays fair (peak memory then counts both models).
     """
-    rows: dict[bool, dict] = {}
+    rows: dict[tuple, dict] = {}
     together = args.rounds > 1
 
-    def failed(compiled: bool, fn) -> bool:
+    def failed(key: tuple, fn) -> bool:
         try:
             fn()
             return False
         except Exception as e:  # e.g. bf16 or compile unsupported here: report it, go on
-            rows[compiled] = _error_row(modality, compiled, precision, e)
+            rows[key] = _error_row(modality, key, precision, e)
             torch._dynamo.reset()
             return True
 
-    variants: list[Variant] = []
-    for compiled in compiles:
+    variants: list[tuple[tuple, Variant]] = []
+    for key in keys:
         made: list[Variant] = []
-        if failed(compiled, lambda: made.append(Variant(args, device, modality, compiled, precision))):
+        if failed(key, lambda: made.append(Variant(args, device, modality, *key, precision))):
             continue
         v = made[0]
-        if failed(compiled, lambda: v.warm_up(args.warmup)):
+        if failed(key, lambda: v.warm_up(args.warmup)):
             v.close()
         elif together:
-            variants.append(v)
+            variants.append((key, v))
         else:
-            if not failed(compiled, lambda: v.measure(args.steps)):
-                rows[compiled] = v.result()
+            if not failed(key, lambda: v.measure(args.steps)):
+                rows[key] = v.result()
             v.close()
     per_round = math.ceil(args.steps / args.rounds)
     for _ in range(args.rounds if together else 0):
-        for v in list(variants):
-            if failed(v.compiled, lambda: v.measure(per_round)):
-                variants.remove(v)
+        for key, v in list(variants):
+            if failed(key, lambda: v.measure(per_round)):
+                variants.remove((key, v))
                 v.close()
-    for v in variants:
-        rows[v.compiled] = v.result()
+    for key, v in variants:
+        rows[key] = v.result()
         v.close()
-    return [rows[c] for c in compiles if c in rows]
+    return [rows[k] for k in keys if k in rows]
 
 
 def hardware(device: torch.device) -> dict:
@@ -209,31 +252,52 @@ def hardware(device: torch.device) -> dict:
     return info
 
 
+def print_flops(args) -> None:
+    """Forward GFLOP per sample by part, fast and reference, at the run's batch."""
+    with torch.device("meta"):
+        model = build_model(args.model, img_size=args.img_size, num_frames=args.frames)
+    print(f"Forward GFLOP per sample by part (batch {args.batch}; training = 3x):")
+    for modality in MODALITIES:
+        fast = model.flops_breakdown(modality, MASK_RATIO[modality], args.batch)
+        ref = reference_flops_breakdown(model, modality, MASK_RATIO[modality])
+        cells = "  ".join(f"{k} {fast[k] / 1e9:.3f}/{ref[k] / 1e9:.3f}" for k in fast)
+        print(f"  {modality}: fast/reference  {cells}  total {sum(fast.values()) / 1e9:.2f}/"
+              f"{sum(ref.values()) / 1e9:.2f}")
+
+
 def print_table(rows: list[dict]) -> None:
-    header = (f"{'modality':8} {'compile':7} {'prec':5} {'batch':>5} {'vis/tok':>9} {'warmup s':>8} "
+    header = (f"{'modality':8} {'forward':9} {'compile':7} {'prec':5} {'batch':>5} {'vis/tok':>9} {'warmup s':>8} "
               f"{'ms/step':>9} {'median':>8} {'steps/s':>8} {'samples/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'mem GiB':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
+        compiled = r.get("compile_scope") or str(r["compile"])
         if "error" in r:
-            print(f"{r['modality']:8} {str(r['compile']):7} {r['precision']:5}  failed: {r['error']}")
+            print(f"{r['modality']:8} {r['forward']:9} {compiled:7} {r['precision']:5}  failed: {r['error']}")
             continue
         mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "     -"
         mem = f"{r['peak_memory_gib']:7.2f}" if r["peak_memory_gib"] is not None else "      -"
         median = f"{r['ms_per_step_median']:8.1f}" if r["ms_per_step_median"] is not None else "       -"
-        print(f"{r['modality']:8} {str(r['compile']):7} {r['precision']:5} {r['batch']:>5} "
+        print(f"{r['modality']:8} {r['forward']:9} {compiled:7} {r['precision']:5} {r['batch']:>5} "
               f"{r['visible']:>4}/{r['tokens']:<4} {r['warmup_s']:8.1f} {r['ms_per_step']:9.1f} {median} "
               f"{r['steps_per_s']:8.2f} {r['samples_per_s']:10.1f} {r['tflops']:8.3f} {mfu} {mem}")
-    # Compiled over eager, same modality and precision.
-    eager = {(r["modality"], r["precision"]): r for r in rows if "error" not in r and not r["compile"]}
-    for r in rows:
-        base = eager.get((r["modality"], r["precision"]))
-        if "error" not in r and r["compile"] and base:
-            speedup = base["ms_per_step"] / r["ms_per_step"]
-            line = f"compiled / eager, {r['modality']} {r['precision']}: {speedup:.2f}x steps/s"
-            if r["ms_per_step_median"] is not None:
-                line += f" ({base['ms_per_step_median'] / r['ms_per_step_median']:.2f}x by median step)"
-            print(line)
+    ok = {(r["modality"], r["precision"], r["forward"], r["compile"]): r for r in rows if "error" not in r}
+
+    def ratio(a: dict, b: dict) -> str:
+        line = f"{b['ms_per_step'] / a['ms_per_step']:.2f}x samples/s"
+        if a["ms_per_step_median"] is not None:
+            line += f" ({b['ms_per_step_median'] / a['ms_per_step_median']:.2f}x by median step)"
+        return line
+
+    for (modality, precision, forward, compiled), r in ok.items():
+        base = ok.get((modality, precision, forward, False))
+        if compiled and base:
+            print(f"compiled / eager, {forward} {modality} {precision}: {ratio(r, base)}")
+        ref = ok.get((modality, precision, "reference", compiled))
+        if forward == "fast" and ref:
+            print(f"fast / reference, {modality} {precision} {'compiled' if compiled else 'eager'}: {ratio(r, ref)}")
+    for line in sorted({r["attention"] for r in rows if "attention" in r}):
+        print(line)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -248,7 +312,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="measure eager and compiled in this many alternating rounds (default 5 on the "
                         "CPU, where other processes add noise; 1 on a GPU: one model at a time)")
     p.add_argument("--compile", choices=("both", "on", "off"), default="both",
-                   help="per-block torch.compile: eager, compiled or both")
+                   help="torch.compile: eager, compiled or both")
+    p.add_argument("--compile-scope", choices=("auto", "model", "blocks"), default="auto",
+                   help="the fast forward's compiled graphs (parallel.compile_scope; the reference's "
+                        "are per block)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                   help="torch.compile mode (parallel.compile_mode; reduce-overhead = CUDA graphs)")
+    p.add_argument("--forward", choices=("both", "fast", "reference"), default="both",
+                   help="the model's forward, the reference forward, or both side by side")
+    p.add_argument("--attention", choices=SETTINGS, default="auto",
+                   help="SDPA kernel per attention part (parallel.attention)")
+    p.add_argument("--decoder-heads", type=int, default=0,
+                   help="model.decoder_heads (0 = the size's own; 6 is the speed option for base)")
     p.add_argument("--precision", choices=("fp32", "bf16", "both"), default=None,
                    help="fp32 and/or bf16 autocast (default: both on a GPU, fp32 on the CPU)")
     p.add_argument("--modality", choices=("image", "video", "both"), default="both",
@@ -283,6 +358,8 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     modalities = ("image", "video") if args.modality == "both" else (args.modality,)
     compiles = {"both": (False, True), "on": (True,), "off": (False,)}[args.compile]
+    forwards = {"both": ("reference", "fast"), "fast": ("fast",), "reference": ("reference",)}[args.forward]
+    keys = [(f, c) for c in compiles for f in forwards]
     precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
 
     with torch.device("meta"):
@@ -291,12 +368,13 @@ def main(argv=None) -> int:
     print(f"step_time: model {args.model}, {args.device} ({hw['gpu'] or hw['cpu']}, "
           f"{hw['torch_threads']} threads), torch {torch.__version__}, batch {args.batch}, "
           f"{args.warmup} warm-up + {args.steps} measured steps in {args.rounds} round(s)")
+    print_flops(args)
     rows = []
     for modality in modalities:
         for precision in precisions:
-            for row in run_group(args, device, modality, precision, compiles):
+            for row in run_group(args, device, modality, precision, keys):
                 rows.append(row)
-                print(f"  {modality} compile={row['compile']} {precision}: "
+                print(f"  {modality} {row['forward']} compile={row['compile']} {precision}: "
                       + (row["error"] if "error" in row else f"{row['ms_per_step']:.1f} ms/step"), flush=True)
     print()
     print_table(rows)

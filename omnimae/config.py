@@ -50,6 +50,10 @@ class ModelConfig(EncoderConfig):
 
     norm_pix_loss: bool = True
     """Targets are pixels normalized per patch and colour channel (the paper); False = raw pixels."""
+    decoder_heads: int = 0
+    """Decoder attention heads; 0 = the size's own (the paper's and the official weights': 16 for
+    base). A speed option, not the recipe: base's 384-wide decoder as 6 heads of dim 64 has the same
+    FLOPs and suits GPU attention kernels better than 16 of dim 24 (docs/design.md)."""
 
 
 @dataclass
@@ -175,7 +179,17 @@ class ParallelConfig:
     activation_checkpointing: bool = False
     """Recompute block activations in the backward pass to save memory."""
     compile: bool = True
-    """torch.compile each transformer block (static shapes, fullgraph)."""
+    """torch.compile the model (static shapes, fullgraph)."""
+    compile_scope: str = "auto"
+    """What one compiled graph holds: model (the whole forward and loss), blocks (each transformer
+    block alone) or auto (model; blocks with parallel.strategy=fsdp or activation checkpointing)."""
+    compile_mode: str = "default"
+    """torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune or
+    max-autotune-no-cudagraphs."""
+    attention: str = "auto"
+    """SDPA kernel: auto (on a GPU the kernels are timed on each attention shape at start-up and the
+    fastest kept; on the CPU PyTorch's choice), default (PyTorch's choice), cudnn, flash, efficient
+    or math."""
 
 
 @dataclass
@@ -410,6 +424,9 @@ SIZES = ("debug", "small", "base", "large", "huge")  # omnimae.model.SIZES (test
 RESUME_MODES = ("auto", "never", "force")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 MASK_TYPES = ("random", "tube", "causal", "frame")
+COMPILE_SCOPES = ("auto", "model", "blocks")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+ATTENTION_SETTINGS = ("auto", "default", "cudnn", "flash", "efficient", "math")  # omnimae.attention
 
 
 def patch_side(size: str) -> int:
@@ -480,6 +497,17 @@ def validate_optim(optim: OptimConfig) -> None:
 def validate_run(train: RunConfig, parallel: ParallelConfig) -> None:
     """The checks every config tree's `train` and `parallel` sections share."""
     need(parallel.strategy in ("ddp", "fsdp"), "parallel.strategy", "expected ddp or fsdp")
+    need(parallel.compile_scope in COMPILE_SCOPES, "parallel.compile_scope",
+         f"expected {', '.join(COMPILE_SCOPES)}, got {parallel.compile_scope!r}")
+    need(not (parallel.compile_scope == "model" and parallel.strategy == "fsdp"), "parallel.compile_scope",
+         "model cannot be used with parallel.strategy=fsdp (FSDP2 shards per block: use blocks or auto)")
+    need(not (parallel.compile_scope == "model" and parallel.activation_checkpointing),
+         "parallel.compile_scope", "model cannot be used with parallel.activation_checkpointing "
+         "(the checkpoints wrap each block: use blocks or auto)")
+    need(parallel.compile_mode in COMPILE_MODES, "parallel.compile_mode",
+         f"expected {', '.join(COMPILE_MODES)}, got {parallel.compile_mode!r}")
+    need(parallel.attention in ATTENTION_SETTINGS, "parallel.attention",
+         f"expected {', '.join(ATTENTION_SETTINGS)}, got {parallel.attention!r}")
     need(train.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(train.micro_batch >= 0, "train.micro_batch", "must be >= 0")
     need(train.epochs > 0 or train.max_steps > 0, "train.epochs", "must be > 0 (or set train.max_steps)")
@@ -514,6 +542,7 @@ def validate(cfg: Config) -> None:
     validate_optim(cfg.optim)
     validate_run(cfg.train, cfg.parallel)
     need(cfg.train.vis_every >= 0, "train.vis_every", "must be >= 0")
+    need(cfg.model.decoder_heads >= 0, "model.decoder_heads", "must be >= 0 (0 = the model size's own)")
 
 
 # ---------------------------------------------------------------------------------------------------

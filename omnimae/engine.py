@@ -22,16 +22,17 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
 from omnimae import checkpoint as ckpt
 from omnimae import cluster
-from omnimae.config import to_dict
+from omnimae.attention import AttentionPart, choose_kernels
+from omnimae.config import ConfigError, to_dict
 from omnimae.metrics import MetricsWriter, StageClock, bottleneck_summary, device_peak_flops
-from omnimae.parallel import DistInfo, all_reduce_mean, parallelize
+from omnimae.parallel import DistInfo, all_reduce_mean, compile_scope_for, parallelize
 from omnimae.profiling import StepProfiler, format_report
 from omnimae.progress import Progress, write as progress_write
 from omnimae.resume import check_run_folder_writable, prepare_run_folder
@@ -66,11 +67,27 @@ def autocast_for(cfg, device: torch.device):
     return nullcontext(), "fp32"
 
 
-def wrap_for_training(model: torch.nn.Module, cfg, dist_info: DistInfo) -> torch.nn.Module:
-    """The model as cfg.parallel asks: compiled per block, DDP or FSDP2 (omnimae.parallel)."""
+def wrap_for_training(model: torch.nn.Module, cfg, dist_info: DistInfo, *,
+                      attention_parts: Sequence[AttentionPart] = (), batch: int = 1) -> torch.nn.Module:
+    """The model as cfg.parallel asks: each attention part's SDPA kernel pinned (omnimae.attention,
+    timed at `batch` samples per forward), compiled, DDP or FSDP2 (omnimae.parallel)."""
     p = cfg.parallel
+    if attention_parts:
+        dtype = torch.bfloat16 if autocast_for(cfg, dist_info.device)[1] == "bf16" else torch.float32
+        try:
+            line, _ = choose_kernels(p.attention, list(attention_parts), batch=batch, dtype=dtype,
+                                  device=dist_info.device)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        say(dist_info, line)
+    if p.compile:
+        scope = compile_scope_for(p.compile_scope, strategy=p.strategy, distributed=dist_info.distributed,
+                                  activation_checkpointing=p.activation_checkpointing)
+        say(dist_info, f"compile: {'the whole forward and loss' if scope == 'model' else 'each block'}"
+                       f" (parallel.compile_scope={p.compile_scope}, mode {p.compile_mode})")
     return parallelize(model, dist_info=dist_info, compile=p.compile, strategy=p.strategy,
-                       activation_checkpointing=p.activation_checkpointing)
+                       activation_checkpointing=p.activation_checkpointing,
+                       compile_scope=p.compile_scope, compile_mode=p.compile_mode)
 
 
 def say(dist_info: DistInfo, *args) -> None:

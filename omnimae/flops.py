@@ -3,12 +3,12 @@
     python -m omnimae.flops
 
 For ViT-B/L/H, training FLOPs per sample (forward + backward = 3 x forward, the model's analytic
-matmul count) with the full input (mask 0), with OmniMAE's masking (90% of image tokens, 95% of
+matmul count of what its forward computes, at BATCH samples per forward) with the full input (mask 0), with OmniMAE's masking (90% of image tokens, 95% of
 video tokens) and with the earlier defaults (MAE: 75% on images, VideoMAE: 90% on videos; all with
 OmniMAE's shared decoder, as the paper compares masking ratios, not decoders).
 
-Two counts are printed: "all" is every matmul of a training step (patch embedding, encoder on
-visible tokens, decoder embedding, decoder on all tokens, pixel head), what `flops_per_sample`
+Two counts are printed: "all" is every matmul of a training step (patch embedding and encoder on
+the visible tokens, decoder embedding, decoder on all tokens, pixel head on the hidden ones), what `flops_per_sample`
 reports and what MFU should use. "blocks" counts the transformer blocks only (encoder and decoder,
 attention included); it is the count that comes closest to the paper's ratios.
 """
@@ -31,10 +31,12 @@ PAPER = {
     "huge": {"image_full": 7.2, "video_full": 11.3, "mae": 2.0, "videomae": 1.4},
 }
 BLOCK_PARTS = ("encoder", "decoder")
+# Samples per forward: the decoder's per-forward projection of the position table is shared by them.
+BATCH = 256
 
 
 def _training_flops(model, modality: str, mask_ratio: float, parts=None) -> int:
-    breakdown = model.flops_breakdown(modality, mask_ratio)
+    breakdown = model.flops_breakdown(modality, mask_ratio, BATCH)
     return 3 * sum(v for k, v in breakdown.items() if parts is None or k in parts)
 
 
@@ -60,7 +62,7 @@ def compute_savings_table(sizes=("base", "large", "huge")) -> list[dict]:
     for size in sizes:
         with torch.device("meta"):  # shapes only: no memory, no init cost
             model = build_model(size)
-        gflops = {m: {name: model.flops_per_sample(m, ratio) / 1e9
+        gflops = {m: {name: model.flops_per_sample(m, ratio, BATCH) / 1e9
                       for name, ratio in (("full", 0.0), ("ours", OURS[m]), ("earlier", EARLIER[m]))}
                   for m in OURS}
         rows.append({

@@ -3,8 +3,10 @@
 Images [B, 3, H, W] are repeated to pt frames and go through the same Conv3d patch embedding as
 videos [B, 3, T, H, W], so an image is one temporal slot of tokens. Tokens are numbered t-major
 (slot*h*w + y*w + x), and a fixed 1-D sinusoid table over that index gives their positions: an
-image takes the rows of slot 0. No CLS token. The encoder sees only the visible tokens; a light
-decoder (official omnivore layout) sees all of them; the loss covers the hidden ones only.
+image takes the rows of slot 0. No CLS token. The encoder sees only the visible tokens (only they
+are embedded); a light decoder (official omnivore layout) sees all of them; its pixel head and the
+loss cover the hidden ones only (tests/omnimae/test_fast_forward.py holds this against the direct
+computation, omnimae/reference_forward.py).
 
 Masks are [B, N] bool, True = hidden (omnimae.masking). The model knows nothing of distribution
 or compile: `blocks` and `decoder_blocks` are ModuleLists of standalone blocks so the trainer can
@@ -18,6 +20,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
 
 from omnimae.masking import num_visible as count_visible
 from omnimae.modalities import MODALITIES
@@ -71,12 +74,20 @@ def block_flops(tokens: int, dim: int, mlp_ratio: float) -> int:
     return linear + attention
 
 
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x [B, N, C], ids [B, K] -> [B, K, C]: each row's tokens ids, in the order given."""
+    return x.gather(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, qkv_bias: bool):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         self.heads = heads
+        # SDPA kernels allowed (torch.nn.attention.SDPBackend); None = PyTorch's own choice.
+        # omnimae.attention sets it, before compile (the compiled graph bakes the choice in).
+        self.backends: list | None = None
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -84,7 +95,11 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads)  # [B, L, 3, heads, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, heads, L, Dh]
-        x = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, Dh]
+        if self.backends is None:
+            x = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, Dh]
+        else:
+            with sdpa_kernel(self.backends):
+                x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))  # [B, L, D]
 
 
@@ -219,34 +234,60 @@ class OmniMAE(nn.Module):
 
     # ---- MAE's four steps ---------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, num_visible: int | None = None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, num_visible: int | None = None, *,
+                predict_all: bool = False):
         """x: [B, 3, H, W] or [B, 3, T, H, W], ImageNet-normalized; mask: [B, N] bool, True = hidden.
 
         num_visible: tokens every row keeps, known on the host (Batch.num_visible); None derives it
-        from the mask with a host sync. Returns (loss: scalar, pred: [B, N, 3*pt*ph*pw]).
+        from the mask with a host sync. Returns (loss: scalar, pred): pred [B, M, P] for the M hidden
+        tokens in token order (training: the pixel head runs on those only; `pred` fills
+        `full[mask]`), or [B, N, P] for every token with predict_all=True (pictures).
         """
         t, h, w = self.token_grid(x.shape)
-        if mask.shape != (x.shape[0], t * h * w):
+        n = t * h * w
+        if mask.shape != (x.shape[0], n):
             raise ValueError(f"mask {tuple(mask.shape)} does not match input {tuple(x.shape)}: "
-                             f"expected {(x.shape[0], t * h * w)}")
-        latent, ids_keep = self.forward_encoder(x, mask, num_visible)
-        pred = self.forward_decoder(latent, ids_keep, mask.shape[1])
-        return self.forward_loss(x, pred, mask), pred
+                             f"expected {(x.shape[0], n)}")
+        patches = self.patchify(x)  # [B, N, P]: the embedding's input and the loss's target
+        ids_keep, ids_hidden = self.split_tokens(mask, num_visible)  # [B, V], [B, M]
+        decoded = self.forward_decoder(self.encode(patches, ids_keep), ids_keep, n)  # [B, N, Dd]
+        pred = self.decoder_pred(self.decoder_norm(gather_tokens(decoded, ids_hidden)))  # [B, M, P]
+        loss = self.forward_loss(gather_tokens(patches, ids_hidden), pred)
+        if predict_all:
+            pred = self.decoder_pred(self.decoder_norm(decoded))  # [B, N, P]
+        return loss, pred
+
+    def split_tokens(self, mask: torch.Tensor, num_visible: int | None = None):
+        """(ids_keep [B, V], ids_hidden [B, M]): each row's visible and hidden tokens in token order.
+
+        A stable sort puts the visible tokens (False = 0) first: gathers of fixed size instead of
+        boolean indexing, so shapes stay static (every row keeps the same count).
+        """
+        if num_visible is None:
+            num_visible = self._visible_count(mask)
+        order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)  # [B, N]
+        return order[:, :num_visible], order[:, num_visible:]
 
     def forward_encoder(self, x, mask, num_visible=None):
         """Encode the visible tokens only: (latent [B, V, D] after the final norm, ids_keep [B, V])."""
-        tokens = self.patch_embed(self._as_video(x)).flatten(2).transpose(1, 2)  # [B, N, D]
-        n, d = tokens.shape[1], tokens.shape[2]
-        tokens = tokens + self.pos_embed[:, :n]  # an image takes slot 0's rows
-        if num_visible is None:
-            num_visible = self._visible_count(mask)
-        # Stable sort puts the visible tokens (False = 0) first, in token order: a gather of fixed
-        # size instead of boolean indexing, so shapes stay static.
-        ids_keep = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)[:, :num_visible]  # [B, V]
-        x = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))  # [B, V, D]
+        ids_keep, _ = self.split_tokens(mask, num_visible)
+        return self.encode(self.patchify(x), ids_keep), ids_keep
+
+    def patch_embed_matrix(self) -> torch.Tensor:
+        """The Conv3d's weight [D, 3, pt, ph, pw] as the matrix [D, P] over patchify's (t, h, w,
+        channel) order: with stride = kernel the convolution is this matrix times each patch."""
+        w = self.patch_embed.weight
+        return w.permute(0, 2, 3, 4, 1).reshape(w.shape[0], -1)
+
+    def encode(self, patches: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """patches [B, N, P] -> latent [B, V, D]: only the V visible patches are embedded (a matrix
+        product, not a convolution over every token) and go through the blocks and final norm."""
+        visible = gather_tokens(patches, ids_keep)  # [B, V, P]
+        x = F.linear(visible, self.patch_embed_matrix(), self.patch_embed.bias)  # [B, V, D]
+        x = x + self.pos_embed[0][ids_keep]  # each token's own row; an image's are slot 0's
         for block in self.blocks:
             x = block(x)
-        return self.norm(x), ids_keep
+        return self.norm(x)
 
     @staticmethod
     def _visible_count(mask: torch.Tensor) -> int:
@@ -259,54 +300,80 @@ class OmniMAE(nn.Module):
         return low
 
     def forward_decoder(self, latent: torch.Tensor, ids_keep: torch.Tensor, num_tokens: int):
-        """Decode all tokens: visible latents scattered back, mask token elsewhere -> [B, N, P]."""
-        b, _, d = latent.shape
-        x = self.mask_token.to(latent.dtype).expand(b, num_tokens, d)  # [B, N, D]
-        x = x.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, d), latent)  # visible rows replaced
-        x = self.decoder_embed(x + self.pos_embed[:, :num_tokens])  # [B, N, Dd]
+        """The decoder over all N tokens: latent [B, V, D] -> [B, N, Dd] after its blocks (before
+        its norm and pixel head).
+
+        Its input is decoder_embed(z + p) per token, z the visible latent or the mask token, p the
+        position. decoder_embed is linear, W(z + p) + b = Wz + (Wp + b): W runs on the V visible
+        latents only, on the mask token and the position table once per call (not per sample), and
+        the [B, N, Dd] input is one scatter plus one add in the autocast dtype.
+        """
+        b = latent.shape[0]
+        weight = self.decoder_embed.weight  # [Dd, D]
+        positions = self.decoder_embed(self.pos_embed[0, :num_tokens])  # [N, Dd], the bias included
+        mask_token = F.linear(self.mask_token[0], weight)  # [1, Dd]
+        visible = F.linear(latent, weight)  # [B, V, Dd]
+        dd = visible.shape[-1]
+        x = mask_token.to(visible.dtype).expand(b, num_tokens, dd)
+        x = x.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, dd), visible)  # visible rows replaced
+        x = x + positions.to(visible.dtype)
         for block in self.decoder_blocks:
             x = block(x)
-        return self.decoder_pred(self.decoder_norm(x))  # [B, N, 3*pt*ph*pw]
+        return x
 
-    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """MSE over each hidden token's pixels, averaged over hidden tokens only.
+    def patch_colours(self, patches: torch.Tensor) -> torch.Tensor:
+        """ImageNet-normalized patches [..., P] -> their colours in [0, 1] (channel is fastest in P)."""
+        per_value = self.patch_dim // 3
+        return patches.float() * self.pixel_std.view(3).repeat(per_value) + self.pixel_mean.view(3).repeat(per_value)
 
-        Targets come from x.detach(): hidden pixels are targets, never inputs. With norm_pix_loss
-        they are the original 0-255 pixel values (paper, appendix B), each patch normalized per
-        colour channel by its own mean and (unbiased, as official) variance, eps 1e-6; this is
-        scale invariant up to eps. Without it they are the un-normalized pixels in [0, 1], so
-        `unpatchify(pred)` can be drawn as a picture.
+    def loss_targets(self, patches: torch.Tensor) -> torch.Tensor:
+        """What the prediction is compared with, from ImageNet-normalized patches [B, M, P].
+
+        With norm_pix_loss the original 0-255 pixel values (paper, appendix B), each patch normalized
+        per colour channel by its own mean and (unbiased, as official) variance, eps 1e-6; this is
+        scale invariant up to eps. Without it the colours in [0, 1], so a prediction can be drawn.
+        Detached: hidden pixels are targets, never inputs.
         """
-        pixels = self._as_video(x.detach()) * self.pixel_std + self.pixel_mean  # [B, 3, T, H, W] in [0, 1]
-        target = self.patchify(pixels)  # [B, N, P]
-        if self.config.norm_pix_loss:
-            b, n, _ = target.shape
-            per_channel = (target * 255.0).reshape(b, n, -1, 3)  # [B, N, pt*ph*pw, 3]
-            mean = per_channel.mean(dim=2, keepdim=True)
-            var = per_channel.var(dim=2, keepdim=True)
-            target = ((per_channel - mean) / (var + 1e-6).sqrt()).reshape(b, n, -1)
-        per_token = (pred.float() - target).pow(2).mean(dim=-1)  # [B, N]
-        hidden = mask.to(per_token.dtype)
-        return (per_token * hidden).sum() / hidden.sum().clamp(min=1.0)
+        target = self.patch_colours(patches.detach())  # [B, M, P]
+        if not self.config.norm_pix_loss:
+            return target
+        b, m, _ = target.shape
+        per_channel = (target * 255.0).reshape(b, m, -1, 3)  # [B, M, pt*ph*pw, 3]
+        mean = per_channel.mean(dim=2, keepdim=True)
+        var = per_channel.var(dim=2, keepdim=True)
+        return ((per_channel - mean) / (var + 1e-6).sqrt()).reshape(b, m, -1)
+
+    def forward_loss(self, hidden_patches: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """MSE over the hidden tokens' pixels: hidden_patches [B, M, P] (the input's), pred [B, M, P].
+        Every row hides M tokens, so the mean over [B, M] is the mean over hidden tokens."""
+        if pred.shape[1] == 0:  # nothing hidden (mask ratio 0): nothing to reconstruct
+            return pred.float().sum() * 0.0
+        return (pred.float() - self.loss_targets(hidden_patches)).pow(2).mean()
 
     # ---- cost ---------------------------------------------------------------------------------
 
-    def flops_breakdown(self, modality: str, mask_ratio: float) -> dict[str, int]:
-        """Forward matmul FLOPs per sample by part (2 per multiply-add; norms and softmax left out)."""
+    def flops_breakdown(self, modality: str, mask_ratio: float, batch_size: int = 1) -> dict[str, float]:
+        """Forward matmul FLOPs per sample by part (2 per multiply-add; norms and softmax left out),
+        as `forward` computes them: the patch embedding on the V visible tokens, the encoder on V,
+        decoder_embed on V plus its per-call projections of the position table and the mask token
+        (shared by the batch_size samples of a forward: "decoder_positions"), the decoder on all N,
+        the pixel head on the M hidden tokens."""
         c = self.config
         n = self.num_tokens(modality)
         v = count_visible(n, mask_ratio)
         return {
-            "patch_embed": 2 * n * self.patch_dim * c.dim,  # runs on all tokens, before the gather
+            "patch_embed": 2 * v * self.patch_dim * c.dim,
             "encoder": c.depth * block_flops(v, c.dim, c.mlp_ratio),
-            "decoder_embed": 2 * n * c.dim * c.decoder_dim,
+            "decoder_embed": 2 * v * c.dim * c.decoder_dim,
+            "decoder_positions": 2 * (n + 1) * c.dim * c.decoder_dim / batch_size,
             "decoder": c.decoder_depth * block_flops(n, c.decoder_dim, c.mlp_ratio),
-            "decoder_pred": 2 * n * c.decoder_dim * self.patch_dim,
+            "decoder_pred": 2 * (n - v) * c.decoder_dim * self.patch_dim,
         }
 
-    def flops_per_sample(self, modality: str, mask_ratio: float) -> int:
-        """Training matmul FLOPs per sample: forward + backward = 3 x forward."""
-        return 3 * sum(self.flops_breakdown(modality, mask_ratio).values())
+    def flops_per_sample(self, modality: str, mask_ratio: float, batch_size: int = 1) -> float:
+        """Training matmul FLOPs per sample at batch_size samples per forward: forward + backward =
+        3 x forward."""
+        return 3 * sum(self.flops_breakdown(modality, mask_ratio, batch_size).values())
 
 
 def build_model(name: str, **overrides) -> OmniMAE:

@@ -75,10 +75,20 @@ def teardown_distributed(*, wait_for_peers: bool = False) -> None:
     dist.destroy_process_group()
 
 
+def compile_scope_for(scope: str, *, strategy: str, distributed: bool, activation_checkpointing: bool) -> str:
+    """"model" or "blocks" for parallel.compile_scope (auto: the whole model, except where each block
+    must stand alone: FSDP2 shards per block, activation checkpointing wraps each block)."""
+    if scope != "auto":
+        return scope
+    return "blocks" if (strategy == "fsdp" and distributed) or activation_checkpointing else "model"
+
+
 def parallelize(model: nn.Module, *, dist_info: DistInfo, compile: bool, strategy: str = "ddp",
-                activation_checkpointing: bool = False) -> nn.Module:
+                activation_checkpointing: bool = False, compile_scope: str = "auto",
+                compile_mode: str = "default") -> nn.Module:
     """Returns the module to train. `model.blocks` and `model.decoder_blocks` (where the model has a
-    decoder: a fine-tuning classifier has none) are wrapped in place."""
+    decoder: a fine-tuning classifier has none) are wrapped in place; with compile_scope "model"
+    the model's whole forward (and loss) is one compiled graph per input shape."""
     block_lists = [model.blocks] + ([model.decoder_blocks] if hasattr(model, "decoder_blocks") else [])
     if activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
@@ -87,19 +97,28 @@ def parallelize(model: nn.Module, *, dist_info: DistInfo, compile: bool, strateg
             for i, block in enumerate(blocks):
                 blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
     if compile:
-        # All blocks share Block.forward, so its graphs count against one recompile limit: images and
-        # videos, train and eval batch sizes and autocast dtypes each add one; 8 (the default) is
-        # too few to hold them all, and past the limit a block silently runs eager.
+        # Every graph counts against one recompile limit per code object: images and videos, train
+        # and eval batch sizes and autocast dtypes each add one (and per block, all blocks share
+        # Block.forward); 8 (the default) is too few to hold them all, and past the limit the code
+        # silently runs eager.
         import torch._dynamo
 
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, name, max(getattr(config, name), 64))
-        # Per block, static shapes: images and videos each compile once (kept-token counts are fixed
-        # by exact-count masking), and a graph break inside a block is an error, not a slow path.
-        for blocks in block_lists:
-            for block in blocks:
-                block.compile(fullgraph=True, dynamic=False)
+        # Static shapes: images and videos each compile once (kept-token counts are fixed by
+        # exact-count masking), and a graph break is an error, not a slow path. The whole model in
+        # one graph lets the compiler fuse what lies between the blocks (the patch gathers, the
+        # decoder's input assembly, the target normalization and the loss), which per block runs
+        # eagerly as ~20 separate kernels over [B, N, P] tensors.
+        scope = compile_scope_for(compile_scope, strategy=strategy, distributed=dist_info.distributed,
+                                  activation_checkpointing=activation_checkpointing)
+        if scope == "model":
+            model.compile(fullgraph=True, dynamic=False, mode=compile_mode)
+        else:
+            for blocks in block_lists:
+                for block in blocks:
+                    block.compile(fullgraph=True, dynamic=False, mode=compile_mode)
     if not dist_info.distributed:
         return model
     if strategy == "fsdp":

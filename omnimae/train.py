@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from omnimae import engine
-from omnimae.config import Config, derive
+from omnimae.attention import AttentionPart
+from omnimae.config import Config, ConfigError, derive
 from omnimae.data import build_train_loader, prepare_data
 from omnimae.engine import Preemption, Run, Schedule, Task, autocast_for, say
 from omnimae.masking import num_visible
@@ -35,7 +36,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 class Pretraining(Task):
     """The MAE loss of one modality's batch; pictures of the latest batch of each modality."""
 
-    def __init__(self, model, train_model, cfg: Config, dist_info: DistInfo, run_dir: Path, modalities):
+    def __init__(self, model, train_model, cfg: Config, dist_info: DistInfo, run_dir: Path, modalities,
+                 micro_batch: int):
         self.model = model  # unwrapped: the pictures' forwards
         self.train_model = train_model
         self.cfg = cfg
@@ -45,7 +47,8 @@ class Pretraining(Task):
         # FSDP2: every forward is collective, so every rank draws (only rank 0 saves the pictures).
         self.draws = dist_info.is_main or (dist_info.distributed and cfg.parallel.strategy == "fsdp")
         # Per modality, fixed for the run (exact-count masks): computed once, not on every step.
-        self.flops_per_sample = {m: model.flops_per_sample(m, getattr(cfg.data, m).mask_ratio) for m in modalities}
+        self.flops_per_sample = {m: model.flops_per_sample(m, getattr(cfg.data, m).mask_ratio, micro_batch)
+                                 for m in modalities}
         self.last_batches: dict = {}  # modality -> the latest batch, for pictures
 
     def loss(self, batch, step, micro):
@@ -80,6 +83,18 @@ class Pretraining(Task):
                                     metrics=metrics, autocast=self.autocast)
 
 
+def build_pretraining_model(cfg: Config):
+    """The OmniMAE that cfg.model describes."""
+    options = dict(img_size=cfg.model.img_size, num_frames=cfg.model.num_frames,
+                   norm_pix_loss=cfg.model.norm_pix_loss)
+    if cfg.model.decoder_heads:
+        options["decoder_heads"] = cfg.model.decoder_heads
+    try:
+        return build_model(cfg.model.name, **options)
+    except ValueError as error:  # only decoder_heads can still be wrong here (validate checked the rest)
+        raise ConfigError(f"model.decoder_heads: {error}") from None
+
+
 def train(cfg: Config) -> Path:
     """Runs (or resumes) the experiment; returns the run folder."""
     dist_info = setup_distributed(cfg.train.device)
@@ -99,8 +114,7 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
     engine.begin(run_dir, cfg.train.seed, dist_info)
     dataset_sizes = prepare_data(cfg, dist_info)  # {"image": n, "video": n}; may generate demo data
     derived = derive(cfg, world_size=dist_info.world_size, dataset_sizes=dataset_sizes)
-    model = build_model(cfg.model.name, img_size=cfg.model.img_size, num_frames=cfg.model.num_frames,
-                        norm_pix_loss=cfg.model.norm_pix_loss)
+    model = build_pretraining_model(cfg)
     derived["tokens_per_sample"] = {m: model.num_tokens(m) for m in dataset_sizes}
     derived["visible_tokens_per_sample"] = {
         m: num_visible(model.num_tokens(m), getattr(cfg.data, m).mask_ratio) for m in dataset_sizes}
@@ -109,13 +123,19 @@ def _train(cfg: Config, dist_info: DistInfo, preempt: Preemption) -> Path:
                                 extra_json={"dataset_sizes": dataset_sizes})
 
     model = model.to(dist_info.device)
-    train_model = engine.wrap_for_training(model, cfg, dist_info)
+    # The attention shapes of the run: the encoder's visible tokens and the decoder's full sequence,
+    # the longest of the modalities trained.
+    parts = [AttentionPart("encoder", model.blocks, max(derived["visible_tokens_per_sample"].values())),
+             AttentionPart("decoder", model.decoder_blocks, max(derived["tokens_per_sample"].values()))]
+    train_model = engine.wrap_for_training(model, cfg, dist_info, attention_parts=parts,
+                                           batch=derived["micro_batch"])
     # After wrapping: FSDP2 replaces the parameters with sharded ones, which the optimizer must hold.
     optimizer = engine.build_adamw(param_groups(model, cfg.optim.weight_decay), lr=derived["lr"],
                                    betas=cfg.optim.betas)
     loader = build_train_loader(cfg, derived, dist_info, patch_size=model.patch_size)
     schedule = Schedule.from_derived(derived, clip_grad=cfg.optim.clip_grad)
-    run = Run(task=Pretraining(model, train_model, cfg, dist_info, run_dir, dataset_sizes), model=model,
+    task = Pretraining(model, train_model, cfg, dist_info, run_dir, dataset_sizes, derived["micro_batch"])
+    run = Run(task=task, model=model,
               train_model=train_model, optimizer=optimizer, loader=loader, schedule=schedule, dist_info=dist_info,
               run_dir=run_dir, cfg=cfg, preempt=preempt, max_nonfinite=cfg.train.max_nonfinite)
     engine.resume(run, resume_path)

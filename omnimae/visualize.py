@@ -60,27 +60,13 @@ class Reconstruction:
 
 def rgb_patches(model, pixels: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalized pixels [B, 3, (T,) H, W] -> their colours in [0, 1] as patches [B, N, P]."""
-    video = pixels if pixels.ndim == 5 else pixels.unsqueeze(2).expand(-1, -1, model.config.patch[0], -1, -1)
-    return model.patchify(video.float() * model.pixel_std + model.pixel_mean)
+    return model.patch_colours(model.patchify(pixels.float()))
 
 
 def loss_targets(model, pixels: torch.Tensor) -> torch.Tensor:
-    """What the loss compares the prediction with: [B, N, P] in (t, h, w, channel) order.
-
-    As OmniMAE.forward_loss: the pixels in [0, 1] as patches; with norm_pix_loss, each patch's 0-255
-    values normalized per colour channel by their own mean and (unbiased) variance, eps 1e-6.
-    tests/omnimae/test_visualize.py checks it against the model's loss.
-    """
-    rgb = rgb_patches(model, pixels)
-    return _normalized(rgb) if model.config.norm_pix_loss else rgb
-
-
-def _normalized(rgb: torch.Tensor) -> torch.Tensor:
-    b, n, _ = rgb.shape
-    per_channel = (rgb * 255.0).reshape(b, n, -1, 3)  # [B, N, pt*ph*pw, 3]
-    mean = per_channel.mean(dim=2, keepdim=True)
-    var = per_channel.var(dim=2, keepdim=True)
-    return ((per_channel - mean) / (var + 1e-6).sqrt()).reshape(b, n, -1)
+    """What the loss compares the prediction with (OmniMAE.loss_targets): [B, N, P] in (t, h, w,
+    channel) order for every token. tests/omnimae/test_visualize.py checks it against the model's loss."""
+    return model.loss_targets(model.patchify(pixels.float()))
 
 
 def _z_scale(z: torch.Tensor) -> torch.Tensor:
@@ -98,12 +84,12 @@ def reconstruction(model, pixels: torch.Tensor, mask: torch.Tensor, num_visible:
     was_training = model.training
     model.eval()
     with autocast or nullcontext(), eager():
-        _, pred = model(pixels, mask, num_visible)
+        _, pred = model(pixels, mask, num_visible, predict_all=True)
     model.train(was_training)
     pred = pred.float()  # [B, N, P]
     normalized = model.config.norm_pix_loss
     rgb = rgb_patches(model, pixels)  # [B, N, P]
-    target = _normalized(rgb) if normalized else rgb  # loss_targets
+    target = loss_targets(model, pixels)
     rgb = rgb.clamp(0, 1)
     hidden = mask.unsqueeze(-1).to(target.dtype)  # [B, N, 1]
     per_token = (pred - target).pow(2).mean(dim=-1)  # [B, N]

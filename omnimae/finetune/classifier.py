@@ -110,11 +110,15 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))  # [B, C]
 
+    def num_tokens(self, modality: str) -> int:
+        """Tokens of a full-size image (one slot) or video (all slots)."""
+        t, h, w = self.grid
+        return h * w * (1 if modality == "image" else t)
+
     def flops_per_sample(self, modality: str) -> int:
         """Training matmul FLOPs per sample (forward + backward = 3 x forward), every token kept."""
         c = self.config
-        t, h, w = self.grid
-        n = h * w * (1 if modality == "image" else t)
+        n = self.num_tokens(modality)
         patch_dim = 3 * c.patch[0] * c.patch[1] * c.patch[2]
         forward = 2 * n * patch_dim * c.dim + c.depth * block_flops(n, c.dim, c.mlp_ratio) \
             + 2 * c.dim * self.num_classes

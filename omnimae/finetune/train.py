@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from omnimae import engine
+from omnimae.attention import AttentionPart
 from omnimae.engine import Preemption, Run, Schedule, Task, autocast_for, say
 from omnimae.finetune.augment import build_rand_augment, rand_augment, random_erasing
 from omnimae.finetune.build import build_classifier, build_test_views, prepare_manifests
@@ -119,7 +120,9 @@ def _train(cfg: FinetuneConfig, dist_info: DistInfo, preempt: Preemption) -> Pat
     classifier = build_classifier(cfg, num_classes).to(dist_info.device)
     say(dist_info, f"weights: {cfg.model.pretrained or 'random init'} -> {classifier.load_info}")
     ema = ModelEMA(classifier, cfg.optim.ema_decay) if cfg.optim.ema_decay else None  # before any wrapper
-    train_model = engine.wrap_for_training(classifier, cfg, dist_info)
+    attention = [AttentionPart("encoder", classifier.blocks, classifier.num_tokens(cfg.data.modality))]
+    train_model = engine.wrap_for_training(classifier, cfg, dist_info, attention_parts=attention,
+                                           batch=derived["micro_batch"])
     # After wrapping: FSDP2 replaces the parameters by shards, and the optimizer must hold those.
     groups = layer_decay_param_groups(classifier, derived["lr"], cfg.optim.weight_decay, cfg.optim.layer_decay)
     optimizer = engine.build_adamw(groups, lr=derived["lr"], betas=cfg.optim.betas)

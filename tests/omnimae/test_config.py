@@ -33,6 +33,10 @@ def test_yaml_holds_only_differences_and_overrides_win(tmp_path):
     ("data.video.replication=3", "data.video.replication: must divide train.batch_size"),
     ("data.video.crop_scale=[0.5, 0.1]", "data.video.crop_scale"),
     ("parallel.compile=maybe", "parallel.compile: expected true or false"),
+    ("parallel.compile_scope=layers", "parallel.compile_scope: expected auto, model, blocks"),
+    ("parallel.compile_mode=fast", "parallel.compile_mode: expected default, reduce-overhead"),
+    ("parallel.attention=triton", "parallel.attention: expected auto, default, cudnn"),
+    ("model.decoder_heads=-1", "model.decoder_heads: must be >= 0"),
     ("nonsense", "expected key.sub=value"),
 ])
 def test_bad_values_name_the_full_key(tmp_path, override, message):
@@ -41,6 +45,33 @@ def test_bad_values_name_the_full_key(tmp_path, override, message):
         load_config(path, [override])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["parallel.compile_scope=model", "parallel.strategy=fsdp"], "FSDP2 shards per block"),
+    (["parallel.compile_scope=model", "parallel.activation_checkpointing=true"], "wrap each block"),
+])
+def test_whole_model_compile_refuses_what_needs_blocks(tmp_path, overrides, message):
+    path = write(tmp_path, "data:\n  video:\n    root: /data/ssv2\n")
+    with pytest.raises(ConfigError, match=f"parallel.compile_scope: .*{message}"):
+        load_config(path, overrides)
+    load_config(path, [overrides[1]])  # auto compiles per block there
+
+
+def test_attention_settings_are_the_kernels_and_two_choices():
+    from omnimae.attention import KERNELS, SETTINGS
+
+    assert set(SETTINGS) == {"auto", "default", *KERNELS}
+
+
+def test_decoder_heads_must_divide_the_decoder_width(tmp_path):
+    from omnimae.train import build_pretraining_model
+
+    path = write(tmp_path, "model:\n  name: debug\ndata:\n  video:\n    root: /data/ssv2\n")
+    with pytest.raises(ConfigError, match="model.decoder_heads: width 32 is not divisible by 5 heads"):
+        build_pretraining_model(load_config(path, ["model.decoder_heads=5"]))
+    assert build_pretraining_model(load_config(path, ["model.decoder_heads=2"])).decoder_blocks[0].attn.heads == 2
+    assert build_pretraining_model(load_config(path)).decoder_blocks[0].attn.heads == 4  # debug's own
 
 
 def test_missing_data_roots_and_file(tmp_path):

@@ -47,8 +47,9 @@ def test_two_ranks_end_identical_and_read_disjoint_data(tiny_data, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_compiled_blocks_do_not_recompile_across_modalities():
-    """Images and videos compile once each; many more steps of both add no graph."""
+def test_compiled_model_does_not_recompile_across_modalities():
+    """The whole forward and loss (parallel.compile_scope=auto on one process) is one graph per
+    modality, equal to the eager forward; many more steps of both add no graph, no break."""
     from torch._dynamo.utils import counters
 
     from omnimae.masking import make_mask, num_visible
@@ -61,24 +62,33 @@ def test_compiled_blocks_do_not_recompile_across_modalities():
     train_model = parallelize(model, dist_info=DistInfo(), compile=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
-    def step(modality):
+    def step(modality, check=False):
         if modality == "image":
             x, grid, ratio = torch.randn(4, 3, 64, 64), (1, 4, 4), 0.75
         else:
             x, grid, ratio = torch.randn(4, 3, 4, 64, 64), (2, 4, 4), 0.9
         mask = make_mask("random", 4, grid, ratio)
-        loss, _ = train_model(x, mask, num_visible(grid[0] * grid[1] * grid[2], ratio))
+        kept = num_visible(grid[0] * grid[1] * grid[2], ratio)
+        if check:  # the eager forward on the same weights (the class's forward, not the compiled call)
+            with torch.no_grad():
+                eager, _ = type(model).forward(model, x, mask, kept)
+        loss, _ = train_model(x, mask, kept)
+        if check:
+            assert abs(loss.item() - eager.item()) <= 1e-5 * abs(eager.item())
         loss.backward()
         opt.step()
         opt.zero_grad()
 
-    step("image")
-    step("video")
+    counters.clear()
+    step("image", check=True)
+    step("video", check=True)
     graphs = counters["stats"]["unique_graphs"]
-    assert graphs > 0  # the blocks really are compiled
+    assert graphs == 2  # one graph per modality: the whole forward and loss
+    assert not counters["graph_break"]
     for modality in ["image", "video", "video", "image"] * 3:
         step(modality)
     assert counters["stats"]["unique_graphs"] == graphs
+    assert not counters["graph_break"]
     # A reconstruction picture (2 samples, eval mode) is a new shape: it runs eagerly, no new graph.
     from omnimae.visualize import reconstruct
 

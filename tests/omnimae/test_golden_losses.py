@@ -2,9 +2,12 @@
 
 Captured before the trainers moved onto one engine (`omnimae/engine.py`); a refactor that changes
 what either trainer computes (the order of the micro batches, the loss scaling, clipping, the LR)
-changes these numbers. On the CPU a run is deterministic, so equality is exact. Each row is
-(step, metric, loss, grad_norm) as metrics.jsonl records it. The numbers were taken with 2 torch
-threads (the reductions' order depends on the thread count), which the tests pin.
+changes these numbers. Each row is (step, metric, loss, grad_norm) as metrics.jsonl records it.
+The numbers were taken with 2 torch threads (the reductions' order depends on the thread count),
+which the tests pin, and are compared to RTOL (below: why not bit for bit). The fast forward
+(omnimae/model.py: only the visible patches embedded, decoder_embed on the visible latents, the
+pixel head on the hidden tokens) reproduces the pretraining rows taken with the direct forward
+(omnimae/reference_forward.py) to 1.8e-7: they were not re-captured.
 """
 
 from __future__ import annotations
@@ -91,12 +94,26 @@ FINETUNE = [
 ]
 
 
+# Bit-for-bit equality held on one machine only: the same torch build on another CPU (other vector
+# units, other oneDNN kernels) moved the 7th digit (largest relative differences seen: 1.8e-7 in
+# pretraining, 3.9e-6 in fine-tuning). What a change to the step would do is larger by far: one
+# step of warm-up more or a loss scaled by 1.0001 each move some value by more than 1e-4.
+RTOL = 2e-5
+
+
 @pytest.fixture(autouse=True)
 def two_torch_threads():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(before)
+
+
+def _assert_close(rows, golden, rel=RTOL):
+    assert [r[:2] for r in rows] == [g[:2] for g in golden]  # the same steps and modalities
+    worst = max(abs(a - b) / abs(b) for r, g in zip(rows, golden) for a, b in zip(r[2:], g[2:]))
+    print(f"largest relative difference from the golden values: {worst:.2e}")
+    assert worst <= rel, [(r, g) for r, g in zip(rows, golden) if r != g][:3]
 
 
 def _rows(path, key=None):
@@ -115,7 +132,7 @@ def _rows(path, key=None):
 def test_pretraining_losses_are_the_golden_ones(tiny_data, tmp_path, name, extra, golden):
     cfg = load_config(None, tiny_overrides(tiny_data, tmp_path / "runs",
                                            **{"train.max_steps": 20, "train.run_name": name, **extra}))
-    assert _rows(train(cfg) / "metrics.jsonl") == golden
+    _assert_close(_rows(train(cfg) / "metrics.jsonl"), golden)
 
 
 def test_finetuning_losses_are_the_golden_ones(tiny_data, tmp_path):
@@ -123,4 +140,4 @@ def test_finetuning_losses_are_the_golden_ones(tiny_data, tmp_path):
         "train.max_steps": 20, "train.ckpt_every": 0, "train.run_name": "golden", "train.micro_batch": 2,
         "optim.clip_grad": 1.0, "eval.every": 0})
     assert finetune_main(args) == 0
-    assert _rows(tmp_path / "runs" / "golden" / "metrics.jsonl", key="loss") == FINETUNE
+    _assert_close(_rows(tmp_path / "runs" / "golden" / "metrics.jsonl", key="loss"), FINETUNE)

@@ -88,10 +88,14 @@ def test_forward_shapes(size, modality):
     assert grid == ((1, 2, 2) if modality == "image" else (2, 2, 2))
     n = math.prod(grid)
     mask = mask_for(model, x, 0.5)
-    loss, pred = model(x, mask, num_visible(n, 0.5))
+    v = num_visible(n, 0.5)
+    loss, pred = model(x, mask, v)
     assert loss.shape == () and torch.isfinite(loss)
-    assert pred.shape == (2, n, 3 * 2 * 16 * 16)
-    assert model.patchify(x).shape == pred.shape
+    assert pred.shape == (2, n - v, 3 * 2 * 16 * 16)  # the hidden tokens only
+    loss_all, pred_all = model(x, mask, v, predict_all=True)
+    assert pred_all.shape == (2, n, 3 * 2 * 16 * 16) == model.patchify(x).shape
+    assert loss_all == loss
+    assert torch.equal(pred_all[mask], pred.reshape(-1, pred.shape[-1]))  # hidden rows, token order
 
 
 def test_full_size_token_grids():
@@ -249,7 +253,7 @@ def test_loss_matches_float64_reference(modality, norm_pix):
     x = inputs(modality)
     mask = mask_for(model, x, 0.5)
     with torch.no_grad():
-        loss, pred = model(x, mask)
+        loss, pred = model(x, mask, predict_all=True)
     expected = reference_loss(x, pred, mask, 2, 16, 16, norm_pix)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
@@ -299,14 +303,30 @@ def test_forward_flops_match_torch_counter(modality):
     assert model.flops_per_sample(modality, ratio) == 3 * counter.get_total_flops()
 
 
+@pytest.mark.parametrize("modality", ["image", "video"])
+def test_per_forward_flops_are_shared_by_the_batch(modality):
+    """The position table's and the mask token's projections run once per forward, not per sample."""
+    model = tiny_model("small")
+    x = inputs(modality, batch=3)
+    mask = mask_for(model, x, 0.5)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, mask)
+    per_sample = model.flops_breakdown(modality, 0.5, batch_size=3)
+    assert counter.get_total_flops() == pytest.approx(3 * sum(per_sample.values()), rel=1e-12)
+    fixed = 2 * (model.num_tokens(modality) + 1) * 192 * 128  # [N + 1, D] @ [D, Dd]
+    assert 3 * per_sample["decoder_positions"] == pytest.approx(fixed, rel=1e-12)
+
+
 def test_base_video_step_flops():
     with torch.device("meta"):
         model = build_model("base")
     encoder = 12 * (2 * 78 * 768 * 768 * 12 + 4 * 78 * 78 * 768)
     decoder = 4 * (2 * 1568 * 384 * 384 * 12 + 4 * 1568 * 1568 * 384)
-    other = 2 * 1568 * 1536 * 768 + 2 * 1568 * 768 * 384 + 2 * 1568 * 384 * 1536
-    assert model.flops_per_sample("video", 0.95) == 3 * (encoder + decoder + other)
-    assert 150e9 < model.flops_per_sample("video", 0.95) < 180e9  # docs/design.md: about 172 GFLOP
+    # The patch embedding and decoder_embed on the 78 visible tokens, the pixel head on the 1,490
+    # hidden ones, the position table's projection once per forward of 256.
+    other = 2 * 78 * 1536 * 768 + 2 * 78 * 768 * 384 + 2 * 1490 * 384 * 1536 + 2 * 1569 * 768 * 384 / 256
+    assert model.flops_per_sample("video", 0.95, 256) == pytest.approx(3 * (encoder + decoder + other), rel=1e-12)
+    assert 150e9 < model.flops_per_sample("video", 0.95, 256) < 160e9  # docs/design.md: about 158 GFLOP
 
 
 # ---- compile --------------------------------------------------------------------------------------
