@@ -296,7 +296,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--mask-ratio", type=float, default=0.95, help="hidden share of video tokens")
-    parser.add_argument("--backend", default="auto", choices=["auto", "dali", "pyav"], help="loader decode backend")
+    parser.add_argument("--backend", default="auto", choices=["auto", "dali", "pyav", "nvdec"], help="loader decode backend")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="decoder threads to compare; the loader uses the largest")
     parser.add_argument("--passes", type=int, default=2, help="passes over the videos per decode measurement")

@@ -349,7 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window-s", type=float, default=2.7, help="seconds the frames span")
     p.add_argument("--decode-threads", type=int, default=2, help="our decode threads (the CPU budget)")
     p.add_argument("--workers", type=int, help="baseline DataLoader workers (default: --decode-threads)")
-    p.add_argument("--decode-backend", default="auto", choices=("auto", "dali", "pyav"), help="ours")
+    p.add_argument("--decode-backend", default="auto", choices=("auto", "dali", "pyav", "nvdec"), help="ours")
     p.add_argument("--in-flight", type=int, default=64, help="our reader's requests in flight at most")
     p.add_argument("--device", default="cpu", help="where batches are assembled and the step runs")
     p.add_argument("--model", default="debug", choices=sorted(SIZES), help="model whose step sets the demand")

@@ -15,9 +15,10 @@ class ImageLoader(ItemLoader):
 
     def __init__(self, manifest: Manifest, settings: AssemblySettings, **options):
         super().__init__(manifest, settings, **options)
-        from loaders.decode.image import ImageDecoder
+        from loaders.decode.image import make_image_decoder
 
-        self.decoder = ImageDecoder(device=self.device, threads=self.decode_threads)
+        # On a GPU the fastest JPEG decoder measured there (nvJPEG without a table); CPU elsewhere.
+        self.decoder = make_image_decoder(self.device, threads=self.decode_threads)
 
     def _decode(self, items, rng):
         return self.decoder.decode([data for _, data in items])

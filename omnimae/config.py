@@ -124,8 +124,9 @@ class ReadConfig:
     short_side: int = 256
     """Decoded frames are resized so their short side has this many pixels (before the random crop)."""
     decode_backend: str = "auto"
-    """Video decoder: auto (PyAV, measured fastest on 240p clips), pyav, or dali (NVDEC on a GPU, its CPU
-    decoder for VP8/VP9 otherwise)."""
+    """Video decoder: auto (the fastest in the committed GPU table of benchmarks/gpu_decode_check.py
+    for this GPU and codec; PyAV without a table and on the CPU), pyav, nvdec (PyNvVideoCodec, one
+    reused NVDEC decoder per thread), or dali (NVDEC on a GPU, its CPU decoder for VP8/VP9 otherwise)."""
     decode_threads: int = 2
     """Decoder threads per process (PyAV videos decoded at once): about the CPU cores per GPU."""
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -425,6 +426,7 @@ RESUME_MODES = ("auto", "never", "force")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 MASK_TYPES = ("random", "tube", "causal", "frame")
 COMPILE_SCOPES = ("auto", "model", "blocks")
+DECODE_BACKENDS = ("auto", "dali", "pyav", "nvdec")  # loaders.decode.BACKENDS (test_config checks)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ATTENTION_SETTINGS = ("auto", "default", "cudnn", "flash", "efficient", "math")  # omnimae.attention
 
@@ -470,7 +472,8 @@ def validate_source(source: SourceConfig, key: str, batch_size: int | None) -> N
 def validate_read(data: ReadConfig) -> None:
     """The read and decode keys (`data.*`, `data.storage.*`)."""
     need(data.window_s > 0, "data.window_s", "must be > 0")
-    need(data.decode_backend in ("auto", "dali", "pyav"), "data.decode_backend", "expected auto, dali or pyav")
+    need(data.decode_backend in DECODE_BACKENDS, "data.decode_backend",
+         f"expected {', '.join(DECODE_BACKENDS[:-1])} or {DECODE_BACKENDS[-1]}")
     validate_storage(data.storage, "data.storage")
     need(data.prefetch >= 1, "data.prefetch", "must be >= 1")
 

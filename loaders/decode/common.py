@@ -6,6 +6,7 @@ import ctypes
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +32,56 @@ class DecodeOutput:
     def ok(self) -> list[int]:
         """Positions of the items that decoded."""
         return [i for i, c in enumerate(self.clips) if c is not None]
+
+
+class DecodeError(RuntimeError):
+    """A video that cannot give the requested frames; the message is the per-item reason."""
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Which frames one clip needs, and how the decoded ones map back to the requested order.
+
+    wanted: int64 [U], the sorted unique frame indices to decode (each decoded once, in order);
+    inverse: int64 [T], position in `wanted` of each requested index (repeats from edge padding
+    and any reordering are undone with one gather: `decoded[inverse]`, [U, ...] -> [T, ...]).
+    """
+
+    wanted: np.ndarray
+    inverse: np.ndarray
+
+    @classmethod
+    def of(cls, indices) -> "FramePlan":
+        """The plan for `indices` (a non-empty list of non-negative ints); DecodeError otherwise."""
+        index = np.asarray(indices, dtype=np.int64)
+        if index.ndim != 1 or index.size == 0 or index.min() < 0:
+            raise DecodeError(f"frame indices must be a non-empty list of non-negative ints, got {indices!r}")
+        wanted, inverse = np.unique(index, return_inverse=True)  # [U], [T]
+        return cls(wanted, inverse.reshape(-1))
+
+    @property
+    def last(self) -> int:
+        """The largest index: decoding can stop once this frame is out."""
+        return int(self.wanted[-1])
+
+    @property
+    def identity(self) -> bool:
+        """True when the requested indices are already sorted and unique (no gather needed)."""
+        return len(self.wanted) == len(self.inverse) and bool(np.all(self.inverse == np.arange(len(self.inverse))))
+
+
+def counts_as_frame(pts: int | None) -> bool:
+    """Whether a decoded frame (or demuxed packet) with timestamp `pts` gets a frame index.
+
+    Frames are counted in presentation order, skipping those with a negative timestamp (an edit
+    list's pre-roll, never shown), as DALI's frame index does; every backend counts this way.
+    """
+    return pts is None or pts >= 0
+
+
+def too_few_frames(count: int, needed: int) -> str:
+    """The per-item reason for a video that ended before the frame a clip needs."""
+    return f"has {count} frames, needs {needed} (manifest frame count wrong or file truncated)"
 
 
 def resized_shape(height: int, width: int, short_side: int | None) -> tuple[int, int]:

@@ -47,7 +47,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from loaders.decode.common import DecodeOutput, check_inputs, resize_short_side, short_reason, to_device
+from loaders.decode.common import (DecodeError, DecodeOutput, FramePlan, check_inputs, resize_short_side,
+                                   short_reason, to_device)
 from loaders.decode.validate import probe_video
 
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
@@ -104,27 +105,32 @@ def build_pipeline(*, batch_size: int, device: str, device_id: int | None, num_t
     return pipe
 
 
-class _Slot:
-    """One pipeline and the one thread that may touch it (DALI pipelines are not thread safe)."""
+class PipelineSlot:
+    """One pipeline and the one thread that may touch it (DALI pipelines are not thread safe).
+    Also used by image_dali.py."""
 
     def __init__(self, make_pipeline, name: str):
         self.make_pipeline = make_pipeline
         self.pipe = make_pipeline()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
-        self.fed: tuple = ()  # the last fed buffers, kept alive until the next run
+        self.fed: dict = {}  # the last fed buffers, kept alive until the next run
 
-    def run(self, encoded: list[np.ndarray], frames: list[np.ndarray]):
-        self.fed = (encoded, frames)
-        self.pipe.feed_input("encoded", encoded)
-        self.pipe.feed_input("frames", frames)
-        (clips,) = self.pipe.run()
-        return clips
+    def run(self, inputs: dict[str, list[np.ndarray]]) -> tuple:
+        """Feed each external source its list (one array per sample) and run once: the outputs."""
+        self.fed = inputs
+        for name, arrays in inputs.items():
+            self.pipe.feed_input(name, arrays)
+        return self.pipe.run()
 
     def rebuild(self) -> None:
         """A fresh pipeline after an error (DALI marks a pipeline invalid when an op fails)."""
         old, self.pipe = self.pipe, None
         del old
         self.pipe = self.make_pipeline()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.pipe = None
 
 
 class DALIVideoDecoder:
@@ -164,7 +170,7 @@ class DALIVideoDecoder:
                                   num_threads=num_threads, short_side=short_side,
                                   bytes_per_sample_hint=num_frames * (short_side or 0) * long_side * 3)
 
-        self._slots = [_Slot(make_pipeline, f"dali{k}") for k in range(pipelines)]
+        self._slots = [PipelineSlot(make_pipeline, f"dali{k}") for k in range(pipelines)]
         silence_ffmpeg_log()
         self._probe_pool = ThreadPoolExecutor(probe_threads or num_threads, thread_name_prefix="probe")
         self._lock = threading.Lock()
@@ -172,34 +178,35 @@ class DALIVideoDecoder:
 
     # -- one chunk, on its slot's thread ---------------------------------------------------------
 
-    def _probe(self, data, index: np.ndarray) -> str | None:
-        if index.ndim != 1 or index.size == 0 or index.min() < 0:
-            return f"bad frame indices {index.tolist()!r}"
+    def _probe(self, data, indices) -> tuple[FramePlan | None, str | None]:
+        """(the clip's frame plan, None) or (None, why it cannot be decoded)."""
+        try:
+            plan = FramePlan.of(indices)
+        except DecodeError as error:
+            return None, str(error)
         if not self.validate:
-            return None
-        return probe_video(data, needed_frames=int(index.max()) + 1, codecs=self.codecs)
+            return plan, None
+        reason = probe_video(data, needed_frames=plan.last + 1, codecs=self.codecs)
+        return (None, reason) if reason else (plan, None)
 
-    def _decode_chunk(self, slot: _Slot, datas: list, indices: list) -> DecodeOutput:
+    def _decode_chunk(self, slot: PipelineSlot, datas: list, indices: list) -> DecodeOutput:
         out = DecodeOutput(clips=[None] * len(datas))
-        indices = [np.asarray(index, dtype=np.int64) for index in indices]
         # ~2-4 ms per item (av.open probes the stream): spread over the probe pool, which
         # FFmpeg's open/demux let run in parallel (they release the GIL).
-        reasons = list(self._probe_pool.map(self._probe, datas, indices))
+        probes = list(self._probe_pool.map(self._probe, datas, indices))
         good, encoded, frames, expand = [], [], [], []
-        for position, (data, index, reason) in enumerate(zip(datas, indices, reasons)):
-            if reason is not None:
+        for position, (data, (plan, reason)) in enumerate(zip(datas, probes)):
+            if plan is None:
                 out.failures.append((position, reason))
                 continue
-            unique, inverse = np.unique(index, return_inverse=True)  # sorted unique [U], [T]
             good.append(position)
             encoded.append(np.frombuffer(data, dtype=np.uint8))  # zero-copy view, [num_bytes]
-            frames.append(unique.astype(np.int32))
-            same = len(unique) == len(index) and bool(np.all(unique == index))
-            expand.append(None if same else torch.from_numpy(inverse))
+            frames.append(plan.wanted.astype(np.int32))  # sorted unique [U]
+            expand.append(None if plan.identity else torch.from_numpy(plan.inverse))  # [T]
         if not good:
             return out
         try:
-            clips = slot.run(encoded, frames)
+            (clips,) = slot.run({"encoded": encoded, "frames": frames})
             results = [(self._to_torch(clips[k], expand[k]), None) for k in range(len(good))]
             del clips
         except Exception:  # noqa: BLE001 - isolate the bad item, one run per item
@@ -207,7 +214,7 @@ class DALIVideoDecoder:
             results = []
             for k in range(len(good)):
                 try:
-                    clips = slot.run([encoded[k]], [frames[k]])
+                    (clips,) = slot.run({"encoded": [encoded[k]], "frames": [frames[k]]})
                     results.append((self._to_torch(clips[0], expand[k]), None))
                 except Exception as error:  # noqa: BLE001
                     results.append((None, short_reason(error)))
@@ -251,8 +258,7 @@ class DALIVideoDecoder:
 
     def close(self) -> None:
         for slot in self._slots:
-            slot.executor.shutdown(wait=True)
-            slot.pipe = None
+            slot.close()
         self._slots = []
         self._probe_pool.shutdown(wait=True)
 

@@ -1,10 +1,16 @@
-"""Image decoding: nvJPEG on a GPU (torchvision.io.decode_jpeg, batched), libjpeg/libpng on the CPU.
+"""Image decoding: JPEGs on the GPU (nvJPEG through torchvision, or DALI's mixed decoder with the
+hardware JPEG decoder), libjpeg/libpng on the CPU.
 
 decode(datas) -> DecodeOutput with clips uint8 [H, W, 3] (channels last, like the video clips) on
-the decoder's device. On a GPU all JPEGs of a batch go to nvJPEG in one call; if that call fails
-(one bad file fails it), each JPEG is tried alone to isolate the bad one. Other formats (PNG, GIF,
-WebP, ...) and JPEGs nvJPEG refuses (CMYK) are decoded on the CPU, by torchvision and then by PIL,
-and moved to the device. Failures come back as (position, reason); nothing raises.
+the decoder's device. On a GPU all JPEGs of a batch go to the GPU decoder in one call (`jpeg`:
+"nvjpeg" torchvision.io.decode_jpeg batched; "dali" image_dali.DALIImageDecoder; "cpu" none: CPU
+threads, then a copy); if that call fails (one bad file fails it), each JPEG is tried alone to
+isolate the bad one. Other formats (PNG, GIF, WebP, ...) and JPEGs the GPU decoder refuses (CMYK)
+are decoded on the CPU, by torchvision and then by PIL, and moved to the device. Failures come
+back as (position, reason); nothing raises.
+
+make_image_decoder picks `jpeg` on a GPU by the measured table (loaders.decode.decide_image):
+the fastest measured here, else nvJPEG as before; on the CPU it is the CPU path.
 
 max_short_side: images whose short side is larger are shrunk to it (antialiased bilinear) as
 soon as they are decoded. RandomResizedCrop keeps crop fractions, not pixel sizes, so this only
@@ -25,6 +31,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from loaders.decode.common import DecodeOutput, resize_short_side, short_reason, to_device
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_BACKENDS = ("nvjpeg", "dali", "cpu")  # what decodes JPEGs when the device is a GPU
 
 
 def _decode_cpu(data: bytes) -> torch.Tensor:
@@ -45,18 +52,30 @@ def _decode_cpu(data: bytes) -> torch.Tensor:
 class ImageDecoder:
     """Decodes encoded images; see the module docstring.
 
-    device: where the clips land; a CUDA device decodes JPEGs there with nvJPEG.
+    device: where the clips land; a CUDA device decodes JPEGs there with `jpeg`.
     threads: images decoded at once on the CPU (a thread pool; torchvision releases the GIL).
     max_short_side: shrink larger images to this short side (None keeps every size).
+    jpeg: the JPEG decoder on a GPU (JPEG_BACKENDS): "nvjpeg" (torchvision), "dali" (DALI mixed,
+        the hardware JPEG decoder), "cpu" (CPU threads; the images are copied over).
+    dali_threads: DALI's CPU threads (jpeg="dali").
     """
 
-    name = "torchvision"
-
     def __init__(self, device: torch.device | str = "cpu", *, threads: int = 1,
-                 max_short_side: int | None = 448):
+                 max_short_side: int | None = 448, jpeg: str = "nvjpeg", dali_threads: int = 4,
+                 batch_size: int = 256):
+        if jpeg not in JPEG_BACKENDS:
+            raise ValueError(f"jpeg must be one of {JPEG_BACKENDS}, got {jpeg!r}")
         self.device = torch.device(device)
         self.max_short_side = max_short_side
+        self.jpeg = jpeg if self.device.type == "cuda" else "cpu"
+        self.name = {"nvjpeg": "torchvision-nvjpeg", "dali": "dali-mixed", "cpu": "torchvision"}[self.jpeg]
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="jpeg") if threads > 1 else None
+        self._dali = None
+        if self.jpeg == "dali":
+            from loaders.decode.image_dali import DALIImageDecoder
+
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self._dali = DALIImageDecoder(batch_size, device="mixed", device_id=index, num_threads=dali_threads)
 
     def _finish(self, chw: torch.Tensor) -> torch.Tensor:
         """uint8 [3, H, W] -> [H, W, 3] on the device, short side capped at max_short_side."""
@@ -81,7 +100,7 @@ class ImageDecoder:
         (it keeps the video decoders' call shape)."""
         results: list[tuple[torch.Tensor | None, str | None]] = [(None, "not decoded")] * len(datas)
         on_cpu = list(range(len(datas)))
-        if self.device.type == "cuda":
+        if self.jpeg != "cpu":
             jpegs = [i for i, d in enumerate(datas) if d is not None and bytes(d[:3]) == _JPEG_MAGIC]
             for i, clip in zip(jpegs, self._decode_jpegs_gpu([datas[i] for i in jpegs])):
                 if clip is not None:
@@ -94,9 +113,12 @@ class ImageDecoder:
         return out
 
     def _decode_jpegs_gpu(self, datas: list) -> list[torch.Tensor | None]:
-        """nvJPEG, batched; on an error each image alone. None where nvJPEG failed."""
+        """nvJPEG (or DALI), batched; on an error each image alone. None where it failed.
+        uint8 [3, H, W] per image (DALI's [H, W, 3] are permuted views)."""
         if not datas:
             return []
+        if self._dali is not None:
+            return [None if hwc is None else hwc.permute(2, 0, 1) for hwc in self._dali.decode_jpegs(datas)]
         encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
         try:
             return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device))
@@ -113,9 +135,27 @@ class ImageDecoder:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._dali is not None:
+            self._dali.close()
+            self._dali = None
 
     def __enter__(self) -> "ImageDecoder":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def make_image_decoder(device: torch.device | str = "cpu", *, threads: int = 1,
+                       max_short_side: int | None = 448) -> ImageDecoder:
+    """An ImageDecoder whose JPEG path is the fastest measured on this GPU (loaders.decode.decide_image;
+    nvJPEG without a table, the CPU path on the CPU); logs one line: which and why."""
+    from loaders.decode import decide_image, log
+
+    device = torch.device(device)
+    jpeg, why, row = decide_image(device)
+    dali_threads = (row.threads or 4) if row is not None and jpeg == "dali" else 4
+    decoder = ImageDecoder(device, threads=threads, max_short_side=max_short_side, jpeg=jpeg,
+                           dali_threads=dali_threads)
+    log.info("image decoder: %s (device %s): %s", decoder.name, device, why)
+    return decoder

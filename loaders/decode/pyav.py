@@ -32,17 +32,14 @@ import numpy as np
 import torch
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
-from loaders.decode.common import DecodeOutput, check_inputs, resized_shape, short_reason, to_device
+from loaders.decode.common import (DecodeError, DecodeOutput, FramePlan, check_inputs, counts_as_frame,
+                                   resized_shape, short_reason, to_device, too_few_frames)
 
 # swscale flags that reproduce DALI's CPU decoder bit for bit at the source size: bilinear chroma
 # upsampling at full horizontal chroma resolution, accurate rounding.
 _SWS_FLAGS = (Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP
               | Interpolation.ACCURATE_RND)
 _JPEG_RANGE = 2  # AVCOL_RANGE_JPEG: full-range samples
-
-
-class DecodeError(RuntimeError):
-    """A video that cannot give the requested frames; the message is the per-item reason."""
 
 
 def frame_to_rgb(frame: av.VideoFrame, reformatter: VideoReformatter, short_side: int | None) -> np.ndarray:
@@ -94,14 +91,11 @@ class PyAVDecoder:
 
     def decode_clip(self, data, indices) -> np.ndarray:
         """The frames `indices` of one encoded video: uint8 [T, H, W, 3]. Raises DecodeError."""
-        index = np.asarray(indices, dtype=np.int64)
-        if index.ndim != 1 or index.size == 0 or index.min() < 0:
-            raise DecodeError(f"frame indices must be a non-empty list of non-negative ints, got {indices!r}")
+        plan = FramePlan.of(indices)  # sorted unique wanted [U], inverse [T]
         if data is None or len(data) == 0:
             raise DecodeError("empty file")
-        wanted, inverse = np.unique(index, return_inverse=True)  # sorted unique [U], and [T]
-        last = int(wanted[-1])
-        wanted_set = set(wanted.tolist())
+        last = plan.last
+        wanted_set = set(plan.wanted.tolist())
         reformatter = self._reformatter()
         rgb: dict[int, np.ndarray] = {}  # frame index -> [H, W, 3]
         count = 0
@@ -113,7 +107,7 @@ class PyAVDecoder:
                 stream.thread_type = "AUTO"
                 stream.codec_context.thread_count = self.codec_threads
                 for frame in container.decode(stream):
-                    if frame.pts is not None and frame.pts < 0:
+                    if not counts_as_frame(frame.pts):
                         continue  # not shown, and not in DALI's frame index either
                     if count in wanted_set:
                         rgb[count] = frame_to_rgb(frame, reformatter, self.short_side)
@@ -125,11 +119,11 @@ class PyAVDecoder:
         except Exception as error:  # noqa: BLE001 - FFmpeg errors become the item's reason
             raise DecodeError(f"decode failed after {count} frames: {short_reason(error)}") from error
         if count <= last:
-            raise DecodeError(f"has {count} frames, needs {last + 1} (manifest frame count wrong or file truncated)")
+            raise DecodeError(too_few_frames(count, last + 1))
         shapes = {frame.shape for frame in rgb.values()}
         if len(shapes) != 1:
             raise DecodeError(f"frame size changes inside the video: {sorted(shapes)}")
-        return np.stack([rgb[int(wanted[k])] for k in inverse])  # [T, H', W', 3], repeats expanded
+        return np.stack([rgb[int(plan.wanted[k])] for k in plan.inverse])  # [T, H', W', 3], repeats expanded
 
     def _decode_item(self, data, indices):
         try:

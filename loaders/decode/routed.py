@@ -1,4 +1,4 @@
-"""DALI for the codecs it decodes on this machine, PyAV for the others, chosen per item.
+"""DALI (or NVDEC) for the codecs it decodes on this machine, PyAV for the others, chosen per item.
 
 DALI's CPU decoder takes VP8, VP9 and MJPEG only (its libavcodec has no H.264), and NVDEC needs a
 GPU, so one decoder for a whole manifest would drop every .mp4 of a folder that mixes .webm and
@@ -10,7 +10,8 @@ GPU, so one decoder for a whole manifest would drop every .mp4 of a folder that 
       -> clips and failures merged back into input order       DecodeOutput [N]
 
 Both backends return the same frames for the same indices (see pyav.py), so the split changes no
-pixels. The first item of each rerouted codec logs one line.
+pixels. The first item of each rerouted codec logs one line. The NVDEC backend (nvdec.py) is
+wrapped the same way, for the codecs it does not take (AV1, MPEG-4, ...).
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ log = logging.getLogger("loaders.decode")
 
 
 class RoutedDecoder:
-    """`dali` for the items whose codec is in `takes`, `make_fallback()` (PyAV) for the rest.
+    """`dali` (or another primary decoder) for the items whose codec is in `takes`,
+    `make_fallback()` (PyAV) for the rest.
 
-    what: how the log line names DALI's limit, e.g. "DALI's CPU decoder (no NVDEC without a GPU)".
+    what: how the log line names the primary's limit, e.g. "DALI's CPU decoder (no NVDEC without a GPU)".
     """
 
-    name = "dali"
-
     def __init__(self, dali, takes: frozenset[str], make_fallback: Callable, what: str):
-        self.dali = dali
-        self.dali_device, self.device = dali.dali_device, dali.device  # what reports name
+        self.primary = self.dali = dali  # `dali`: the name from when DALI was the only primary
+        self.name = dali.name
+        self.dali_device, self.device = getattr(dali, "dali_device", None), dali.device  # what reports name
         self.takes = takes
         self._make_fallback = make_fallback
         self._what = what

@@ -19,6 +19,8 @@ from collections.abc import Collection
 
 import av
 
+from loaders.decode.common import counts_as_frame, too_few_frames
+
 
 def _open(data) -> av.container.InputContainer:
     return av.open(io.BytesIO(data), mode="r")
@@ -48,13 +50,12 @@ def probe_video(data, *, needed_frames: int, codecs: Collection[str] | None = No
                 if packet.size == 0:  # the demuxer's end-of-stream marker
                     continue
                 # DALI's frame index skips packets with a negative timestamp; count as it does.
-                pts = packet.pts if packet.pts is not None else packet.dts
-                if pts is not None and pts < 0:
+                if not counts_as_frame(packet.pts if packet.pts is not None else packet.dts):
                     continue
                 count += 1
                 if count >= needed_frames:
                     return None
-            return f"has {count} frames, needs {needed_frames} (manifest frame count wrong or file truncated)"
+            return too_few_frames(count, needed_frames)
     except Exception as error:  # noqa: BLE001 - a probe reports, it never raises
         text = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return f"cannot demux: {type(error).__name__}: {text}"[:200]

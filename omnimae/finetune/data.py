@@ -199,9 +199,9 @@ class EvalViews:
     def _decode(self, chunk: list) -> list:
         if self.modality == "image":
             if self._decoder is None:
-                from loaders.decode.image import ImageDecoder
+                from loaders.decode.image import make_image_decoder
 
-                self._decoder = ImageDecoder(device=self.device, threads=self.decode_threads)
+                self._decoder = make_image_decoder(self.device, threads=self.decode_threads)
             out = self._decoder.decode([data for _, data in chunk])
             for position, reason in out.failures:
                 self._fail(chunk[position][0].uri, reason)

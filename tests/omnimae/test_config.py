@@ -58,6 +58,13 @@ def test_whole_model_compile_refuses_what_needs_blocks(tmp_path, overrides, mess
     load_config(path, [overrides[1]])  # auto compiles per block there
 
 
+def test_decode_backends_are_the_loaders():
+    from loaders.decode import BACKENDS
+    from omnimae.config import DECODE_BACKENDS
+
+    assert DECODE_BACKENDS == BACKENDS
+
+
 def test_attention_settings_are_the_kernels_and_two_choices():
     from omnimae.attention import KERNELS, SETTINGS
 
@@ -141,7 +148,7 @@ def test_both_trees_share_their_sections_and_checks():
     assert ft.data.crop_scale == (0.08, 1.0) and pt.data.image.crop_scale == (0.2, 1.0)
     for override, message in [("data.window_s=0", "data.window_s: must be > 0"),
                               ("data.prefetch=0", "data.prefetch: must be >= 1"),
-                              ("data.decode_backend=x", "data.decode_backend: expected auto, dali or pyav"),
+                              ("data.decode_backend=x", "data.decode_backend: expected auto, dali, pyav or nvdec"),
                               ("model.num_frames=3", "model.num_frames: must be a positive even number"),
                               ("model.img_size=100", "model.img_size: must be a positive multiple of the patch"),
                               ("optim.lr_batch=0", "optim.lr_batch: must be >= 1"),
