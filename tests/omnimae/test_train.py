@@ -63,6 +63,16 @@ def test_short_run_writes_metrics_checkpoint_and_pictures(tiny_config):
     for key in ("lr", "grad_norm", "step_time_s", "data_wait_share", "samples_per_s", "tflops_per_device"):
         assert key in records[-1]
     assert "mfu" not in records[-1]  # no peak on the CPU
+    # The FLOPs logged are those of the forward as it runs (visible-only embedding, hidden-only head),
+    # per forward of the 8-sample micro batch.
+    from omnimae.model import build_model
+
+    model = build_model("debug", img_size=64, num_frames=4)
+    for r in records:
+        modality = next(k for k in r if k.startswith("loss/")).split("/")[1]
+        ratio = {"image": cfg.data.image.mask_ratio, "video": cfg.data.video.mask_ratio}[modality]
+        logged = r["tflops_per_device"] * 1e12 / r["samples_per_s"]
+        assert logged == pytest.approx(model.flops_per_sample(modality, ratio, 8), rel=1e-3)
     resolved = json.loads((run_dir / "config.json").read_text())
     assert resolved["derived"]["global_batch"] == 8 and resolved["derived"]["total_steps"] == 8
     assert ckpt.checkpoint_dirs(run_dir)[-1].name == "step_00000008"
