@@ -1,5 +1,6 @@
 """Run under torchrun by test_distributed.py: trains the tiny config, records what each rank read and
-its final parameters into OUT/rank<r>.pt."""
+its final parameters into OUT/rank<r>.pt. A third argument "compile" compiles the model (the
+trainer's default scope: the whole forward and loss under DDP)."""
 
 import os
 import sys
@@ -13,7 +14,7 @@ import omnimae.train as train_module
 from omnimae.config import load_config
 
 
-def main(data_root: str, out: str) -> None:
+def main(data_root: str, out: str, compile: bool = False) -> None:
     from tests.omnimae.conftest import tiny_overrides
 
     rank = int(os.environ["RANK"])
@@ -35,11 +36,12 @@ def main(data_root: str, out: str) -> None:
 
     engine_module.parallelize = keep
     cfg = load_config(None, tiny_overrides(Path(data_root), Path(out) / "runs",
-                                           **{"train.max_steps": 6, "train.batch_size": 8}))
+                                           **{"train.max_steps": 6, "train.batch_size": 8,
+                                              "parallel.compile": compile}))
     train_module.train(cfg)
     state = {k: v.detach().clone() for k, v in models[0].state_dict().items()}
     torch.save({"read": read, "state": state}, Path(out) / f"rank{rank}.pt")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], compile=sys.argv[3:] == ["compile"])

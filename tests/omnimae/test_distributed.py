@@ -13,14 +13,26 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _two_ranks(tiny_data, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests/omnimae/_dist_worker.py"), str(tiny_data), str(out), *extra]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _losses(out: Path) -> list[tuple[int, str, float]]:
+    from omnimae.metrics import read_jsonl
+
+    return [(r["step"], k, v) for r in read_jsonl(out / "runs" / "run" / "metrics.jsonl")
+            for k, v in r.items() if k.startswith("loss/")]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_ranks_end_identical_and_read_disjoint_data(tiny_data, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests/omnimae/_dist_worker.py"), str(tiny_data), str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _two_ranks(tiny_data, tmp_path)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["state"].keys() == r1["state"].keys()
@@ -43,6 +55,24 @@ def test_two_ranks_end_identical_and_read_disjoint_data(tiny_data, tmp_path):
         assert not set(a[:k]) & set(b[:k]), modality
     # Only rank 0 wrote the run folder.
     assert (tmp_path / "runs" / "run" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_ranks_compiled_whole_model_match_eager(tiny_data, tmp_path):
+    """DDP around the whole compiled forward and loss (the default on GPUs): the ranks stay in step
+    and the losses are the eager run's (measured: within 4e-7)."""
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    _two_ranks(tiny_data, eager)
+    proc = _two_ranks(tiny_data, compiled, "compile")
+    assert "compile: the whole forward and loss" in proc.stdout
+    r0 = torch.load(compiled / "rank0.pt", weights_only=True)
+    r1 = torch.load(compiled / "rank1.pt", weights_only=True)
+    for name in r0["state"]:
+        assert torch.equal(r0["state"][name], r1["state"][name]), name
+    a, b = _losses(eager), _losses(compiled)
+    assert [x[:2] for x in a] == [x[:2] for x in b] and len(a) == 6
+    assert all(abs(x[2] - y[2]) <= 1e-5 * abs(x[2]) for x, y in zip(a, b)), (a, b)
 
 
 @pytest.mark.slow
