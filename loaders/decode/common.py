@@ -182,3 +182,13 @@ def empty_host(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if end > start:
             _MADVISE(start, end - start, _MADV_HUGEPAGE)  # advice only: a failure changes nothing
     return out
+
+
+def decode_or_reason(decode_clip, data, indices):
+    """(clip, None), or (None, why) where the item fails: one bad item never breaks the batch."""
+    try:
+        return decode_clip(data, indices), None
+    except DecodeError as error:
+        return None, str(error)
+    except Exception as error:  # noqa: BLE001 - any failure of one item is that item's
+        return None, short_reason(error)

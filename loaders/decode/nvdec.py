@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from loaders.decode.common import (DecodeError, DecodeOutput, FramePlan, check_inputs, counts_as_frame,
+                                   decode_or_reason,
                                    resize_short_side, short_reason, to_device, too_few_frames)
 from loaders.decode.nv12 import chroma_is_left_sited, nv12_to_rgb
 from loaders.decode.packets import NVDEC_CODECS, DemuxedVideo
@@ -297,12 +298,7 @@ class NvdecDecoder:
             out[slot].copy_(view.reshape(out.shape[1:]), non_blocking=True)
 
     def _decode_item(self, data, indices):
-        try:
-            return self.decode_clip(data, indices), None
-        except DecodeError as error:
-            return None, str(error)
-        except Exception as error:  # noqa: BLE001 - one bad item never breaks the batch
-            return None, short_reason(error)
+        return decode_or_reason(self.decode_clip, data, indices)
 
     # -- the public interface ---------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ import torch
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
 from loaders.decode.common import (DecodeError, DecodeOutput, FramePlan, check_inputs, counts_as_frame,
+                                   decode_or_reason,
                                    resized_shape, short_reason, to_device, too_few_frames)
 
 # swscale flags that reproduce DALI's CPU decoder bit for bit at the source size: bilinear chroma
@@ -126,12 +127,7 @@ class PyAVDecoder:
         return np.stack([rgb[int(plan.wanted[k])] for k in plan.inverse])  # [T, H', W', 3], repeats expanded
 
     def _decode_item(self, data, indices):
-        try:
-            return self.decode_clip(data, indices), None
-        except DecodeError as error:
-            return None, str(error)
-        except Exception as error:  # noqa: BLE001 - one bad item never breaks the batch
-            return None, short_reason(error)
+        return decode_or_reason(self.decode_clip, data, indices)
 
     def decode(self, datas: list, indices: list, codecs: list | None = None) -> DecodeOutput:
         """Decode a batch: clips uint8 [T, H, W, 3] on `device`, per-item failures reported.

@@ -36,8 +36,9 @@ def frame_pixels(index: int, texture: np.ndarray) -> np.ndarray:
 
 
 def make_video(codec: str = "libvpx-vp9", container: str = "webm", frames: int = FRAMES,
-               seed: int = 0, scale: int = 1) -> bytes:
-    """Encoded test video of `frames` coded frames, 64x48 times `scale` (NVDEC needs >= 128)."""
+               seed: int = 0, scale: int = 1, options: dict | None = None) -> bytes:
+    """Encoded test video of `frames` coded frames, 64x48 times `scale` (NVDEC needs >= 128).
+    options: the encoder's (default: near-lossless realtime VP9 settings for VP9, none otherwise)."""
     rng = np.random.default_rng(seed)
     coarse = torch.from_numpy(rng.random((1, 3, 8, 12)).astype(np.float32) * 160 + 48)
     texture = F.interpolate(coarse, size=(HEIGHT, WIDTH + 32), mode="bicubic", align_corners=False)
@@ -46,7 +47,9 @@ def make_video(codec: str = "libvpx-vp9", container: str = "webm", frames: int =
     with av.open(buffer, "w", format=container) as out:
         stream = out.add_stream(codec, rate=FPS)
         stream.width, stream.height, stream.pix_fmt = WIDTH * scale, HEIGHT * scale, "yuv420p"
-        if codec == "libvpx-vp9":
+        if options is not None:
+            stream.options = options
+        elif codec == "libvpx-vp9":
             stream.options = {"crf": "12", "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
         for i in range(frames):
             pixels = frame_pixels(i, texture).repeat(scale, axis=0).repeat(scale, axis=1)

@@ -31,29 +31,15 @@ from loaders.decode.nvdec import EngineCache, FrameCollector, NvdecDecoder
 from loaders.decode.packets import DemuxedVideo
 from loaders.decode.pyav import PyAVDecoder, frame_to_rgb
 from loaders.errors import LoaderError
-from tests.loaders.test_decode import (FPS, HEIGHT, INDICES, WIDTH, check_bad_batch, frame_pixels, make_video,
-                                       psnr, read_codes)
+from tests.loaders.test_decode import INDICES, check_bad_batch, make_video, psnr, read_codes
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)
 
 
 def make_bframe_h264(scale: int = 4, frames: int = 24, keyint: int = 8) -> bytes:
     """H.264 MP4 with two B-frames between references: packets come in decode order, pts reordered."""
-    coarse = torch.from_numpy(np.random.default_rng(1).random((1, 3, 8, 12)).astype(np.float32) * 160 + 48)
-    texture = F.interpolate(coarse, size=(HEIGHT, WIDTH + 32), mode="bicubic", align_corners=False)
-    texture = texture[0].clamp(0, 255).byte().permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = WIDTH * scale, HEIGHT * scale, "yuv420p"
-        stream.options = {"x264-params": f"bframes=2:b-adapt=0:keyint={keyint}"}
-        for i in range(frames):
-            pixels = frame_pixels(i, texture).repeat(scale, axis=0).repeat(scale, axis=1)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buffer.getvalue()
+    return make_video("libx264", "mp4", frames=frames, seed=1, scale=scale,
+                      options={"x264-params": f"bframes=2:b-adapt=0:keyint={keyint}"})
 
 
 def shift_to_negative_pts(data: bytes, frames: int = 2) -> bytes:
