@@ -3,7 +3,7 @@
 PyTorch picks an SDPA kernel per call by its own priority list, not by speed, and the decoder's
 shape (base: 16 heads of dim 24 over 1,568 tokens) is where FlashAttention is at its least
 efficient (it rounds head dims up to 32). `parallel.attention=auto` times the kernels this machine
-has (cuDNN, Flash, memory-efficient, math) on each part's own shape (the encoder's visible tokens,
+has (cuDNN, Flash, memory-efficient; math only where none of them runs) on each part's own shape (the encoder's visible tokens,
 the decoder's full sequence) at the run's micro batch and dtype, forward and backward, and pins the
 fastest per part; one line says which ran and what each took. On the CPU, auto keeps PyTorch's
 choice (its CPU kernels are few and the timing would only cost start-up time); naming a kernel
@@ -27,6 +27,9 @@ KERNELS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
+# The math kernel materializes the [B, heads, L, L] scores (ViT-B's decoder at batch 256: 20 GB in
+# bf16) and is never the fastest where a fused kernel runs: auto times it only when none does.
+FUSED = ("cudnn", "flash", "efficient")
 SETTINGS = ATTENTION_SETTINGS  # "auto", "default" and KERNELS' names (omnimae.config stays torch-free)
 
 
@@ -60,7 +63,7 @@ def time_kernel(kernel: str, shape: tuple[int, int, int, int], dtype: torch.dtyp
 
     try:
         once()  # warm-up: kernel selection, workspace allocation, cuDNN plan building
-    except RuntimeError:  # "No available kernel" / "No viable backend": not for this shape here
+    except RuntimeError:  # "No available kernel" / "No viable backend" / out of memory: not here
         return None
     times = []
     for _ in range(repeats):
@@ -91,8 +94,10 @@ def choose_kernels(setting: str, parts: list[AttentionPart], *, batch: int, dtyp
     said, chosen = [], {}
     for part in parts:
         shape = (batch, part.heads, part.tokens, part.head_dim)
-        names = list(KERNELS) if setting == "auto" else [setting]
+        names = list(FUSED) if setting == "auto" else [setting]
         times = {name: time_kernel(name, shape, dtype, device) for name in names}
+        if setting == "auto" and all(ms is None for ms in times.values()):
+            times["math"] = time_kernel("math", shape, dtype, device)
         usable = {name: ms for name, ms in times.items() if ms is not None}
         if not usable:
             raise ValueError(f"parallel.attention={setting}: the {part.name}'s attention "
@@ -102,6 +107,8 @@ def choose_kernels(setting: str, parts: list[AttentionPart], *, batch: int, dtyp
         chosen[part.name] = (best, times)
         timings = ", ".join(f"{n} {'n/a' if ms is None else f'{ms:.2f} ms'}" for n, ms in times.items())
         said.append(f"{part.name} {best} ({timings}; [B, heads, tokens, dim] {list(shape)})")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the timing's tensors: not held for the run
     return "attention: " + "; ".join(said), chosen
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend
 
-from omnimae.attention import KERNELS, AttentionPart, choose_kernels, time_kernel
+from omnimae.attention import FUSED, KERNELS, AttentionPart, choose_kernels, time_kernel
 from omnimae.masking import KINDS, make_mask, num_visible
 from omnimae.model import build_model
 from omnimae.reference_forward import reference_flops_breakdown, reference_forward
@@ -109,10 +109,23 @@ def test_auto_pins_the_fastest_kernel_per_part():
     assert line.startswith("attention: encoder ") and "; decoder " in line
     for part in _parts(model):
         best, times = chosen[part.name]
-        assert set(times) == set(KERNELS)  # every kernel tried, the missing ones reported as None
+        assert set(times) == set(FUSED)  # every fused kernel tried, the missing ones reported as None
+        assert (times["cudnn"], times["efficient"]) == (None, None) or torch.cuda.is_available()
         assert best == min((k for k in times if times[k] is not None), key=times.get)
         assert f"{part.name} {best} (" in line
         assert all(b.attn.backends == [KERNELS[best]] for b in part.blocks)
+
+
+def test_auto_falls_back_to_math_where_no_fused_kernel_runs(monkeypatch):
+    import omnimae.attention as attention
+
+    real = attention.time_kernel
+    monkeypatch.setattr(attention, "time_kernel", lambda name, *a, **k: None if name in FUSED else real(name, *a, **k))
+    model = _model()
+    line, chosen = choose_kernels("auto", _parts(model), batch=2, dtype=torch.float32,
+                                  device=torch.device("cpu"), calibrate=True)
+    assert chosen["decoder"][0] == "math" and "flash n/a" in line
+    assert all(b.attn.backends == [SDPBackend.MATH] for b in model.decoder_blocks)
 
 
 def test_auto_on_the_cpu_keeps_pytorchs_choice():
