@@ -3,9 +3,9 @@
 PyTorch picks an SDPA kernel per call by its own priority list, not by speed, and the decoder's
 shape (base: 16 heads of dim 24 over 1,568 tokens) is where FlashAttention is at its least
 efficient (it rounds head dims up to 32). `parallel.attention=auto` times the kernels this machine
-has (cuDNN, Flash, memory-efficient; math only where none of them runs) on each part's own shape (the encoder's visible tokens,
-the decoder's full sequence) at the run's micro batch and dtype, forward and backward, and pins the
-fastest per part; one line says which ran and what each took. On the CPU, auto keeps PyTorch's
+has (cuDNN, Flash, memory-efficient; math only where none of them runs) on each part's own shape
+(the encoder's visible tokens, the decoder's full sequence) at the run's micro batch and dtype,
+forward and backward, and pins the fastest per part; one line says which ran and what each took. On the CPU, auto keeps PyTorch's
 choice (its CPU kernels are few and the timing would only cost start-up time); naming a kernel
 pins it everywhere and fails at start-up, with the part named, where this machine lacks it.
 """
