@@ -34,7 +34,6 @@ import io
 import json
 import logging
 import os
-import platform
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._common import host_info, sync  # noqa: E402
 from benchmarks.decode_throughput import assembly_rate, ensure_videos, load_clips  # noqa: E402
 from loaders.decode import dali_import_error, nvdec_import_error, pyav_import_error  # noqa: E402
 from loaders.decode.measured import row_dict, write_table  # noqa: E402
@@ -61,11 +61,6 @@ NUM_FRAMES = 16
 GUESS = {("pyav", 240): 200, ("pyav", 480): 60, ("pyav", 720): 25, ("nvdec", 240): 80, ("nvdec", 480): 40,
          ("nvdec", 720): 20, ("dali", 240): 20, ("dali", 480): 10, ("dali", 720): 5}
 WARMUP_S = 3.0  # per row: building pipelines / decoders and the warm-up passes
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---- what each row measures ----------------------------------------------------------------------
@@ -340,9 +335,9 @@ def estimate_s(row: Planned, args, rates: dict) -> float:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    for name, module in (("torchvision", "torchvision"), ("av", "av"), ("dali", "nvidia.dali"),
-                         ("PyNvVideoCodec", "PyNvVideoCodec"), ("nvidia-ml-py", "pynvml")):
+    """host_info's library versions plus CUDA, the NVDEC and NVML bindings and the driver."""
+    out = {**host_info()["versions"], "cuda": torch.version.cuda}
+    for name, module in (("PyNvVideoCodec", "PyNvVideoCodec"), ("nvidia-ml-py", "pynvml")):
         try:
             mod = __import__(module, fromlist=["__version__"])
             out[name] = getattr(mod, "__version__", "present")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import host_info, trainer_step  # noqa: E402
+from benchmarks._common import host_info, sync, trainer_step  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -76,11 +76,6 @@ def synthetic_batches(model, modality: str, batch: int, frames: int, device, see
     return out
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class ReferenceMAE(torch.nn.Module):
     """The model's weights under `reference_forward`; blocks exposed so they compile per block."""
 
@@ -93,7 +88,7 @@ class ReferenceMAE(torch.nn.Module):
         return reference_forward(self.model, x, mask, num_visible)
 
 
-def build(args, device, modality: str):
+def build(args, device, modality: str, precision: str):
     """A fresh seeded model with the attention kernels pinned as --attention asks; (model, line)."""
     torch.manual_seed(0)
     model = build_model(args.model, img_size=args.img_size, num_frames=args.frames,
@@ -101,7 +96,7 @@ def build(args, device, modality: str):
     n = model.num_tokens(modality)
     parts = [AttentionPart("encoder", model.blocks, num_visible(n, MASK_RATIO[modality])),
              AttentionPart("decoder", model.decoder_blocks, n)]
-    dtype = torch.bfloat16 if args.precision_now == "bf16" else torch.float32
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     line, _ = choose_kernels(args.attention, parts, batch=args.batch, dtype=dtype, device=device)
     return model, line
 
@@ -113,8 +108,7 @@ class Variant:
     def __init__(self, args, device: torch.device, modality: str, forward: str, compiled: bool, precision: str):
         self.args, self.device = args, device
         self.modality, self.forward, self.compiled, self.precision = modality, forward, compiled, precision
-        args.precision_now = precision
-        self.model, self.attention = build(args, device, modality)
+        self.model, self.attention = build(args, device, modality, precision)
         stepped = self.model if forward == "fast" else ReferenceMAE(self.model)
         scope = args.compile_scope if forward == "fast" else "blocks"
         self.compile_scope = scope if compiled else None

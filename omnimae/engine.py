@@ -80,14 +80,14 @@ def wrap_for_training(model: torch.nn.Module, cfg, dist_info: DistInfo, *,
         except ValueError as error:
             raise ConfigError(str(error)) from None
         say(dist_info, line)
+    scope = compile_scope_for(p.compile_scope, strategy=p.strategy, distributed=dist_info.distributed,
+                              activation_checkpointing=p.activation_checkpointing)
     if p.compile:
-        scope = compile_scope_for(p.compile_scope, strategy=p.strategy, distributed=dist_info.distributed,
-                                  activation_checkpointing=p.activation_checkpointing)
         say(dist_info, f"compile: {'the whole forward and loss' if scope == 'model' else 'each block'}"
                        f" (parallel.compile_scope={p.compile_scope}, mode {p.compile_mode})")
     return parallelize(model, dist_info=dist_info, compile=p.compile, strategy=p.strategy,
                        activation_checkpointing=p.activation_checkpointing,
-                       compile_scope=p.compile_scope, compile_mode=p.compile_mode)
+                       compile_scope=scope, compile_mode=p.compile_mode)
 
 
 def say(dist_info: DistInfo, *args) -> None:

@@ -114,22 +114,28 @@ def _runs_here(backend: str, codec: str) -> bool:
     return False
 
 
-def measured_video_choice(codec: str | None, device: torch.device) -> Decision | None:
-    """auto on a GPU: the backend the measured tables show fastest for `codec` here, or None
-    (no table row for this GPU model and codec; see measured.py)."""
+def _measured_choice(modality: str, codec: str | None, device: torch.device,
+                     runs_here) -> measured.Choice | None:
+    """The fastest backend for which runs_here(backend) holds, by the measured tables for this GPU
+    model, or None (no GPU, no table row for this modality and codec, a broken table)."""
     if device.type != "cuda" or codec in (None, "", "unknown"):
         return None
     try:
-        rows = measured.load_rows()
+        rows = [row for row in measured.load_rows() if row.modality == modality and row.codec == codec]
     except ValueError as error:
         log.warning("decode tables ignored: %s", error)
         return None
-    rows = [row for row in rows if row.modality == "video" and row.codec == codec]
-    name = _device_name(device) if rows else None
+    name = _device_name(device) if rows else None  # no device query without a row to match
     if name is None:
         return None
-    backends = {row.backend for row in rows if row.device == name}
-    choice = measured.best("video", codec, name, [b for b in sorted(backends) if _runs_here(b, codec)], rows=rows)
+    backends = sorted({row.backend for row in rows if row.device == name and runs_here(row.backend)})
+    return measured.best(modality, codec, name, backends, rows=rows)
+
+
+def measured_video_choice(codec: str | None, device: torch.device) -> Decision | None:
+    """auto on a GPU: the backend the measured tables show fastest for `codec` here, or None
+    (no table row for this GPU model and codec; see measured.py)."""
+    choice = _measured_choice("video", codec, device, lambda backend: _runs_here(backend, codec))
     if choice is None:
         return None
     row = choice.best
@@ -145,18 +151,10 @@ def decide_image(device: torch.device) -> tuple[str, str, measured.Row | None]:
     before; on the CPU the CPU path."""
     if device.type != "cuda":
         return "cpu", "no GPU: libjpeg-turbo through torchvision on CPU threads", None
-    try:
-        rows = [row for row in measured.load_rows() if row.modality == "image" and row.codec == "jpeg"]
-    except ValueError as error:
-        log.warning("decode tables ignored: %s", error)
-        rows = []
-    name = _device_name(device) if rows else None
-    if name is not None:
-        runs = {"cpu": True, "nvjpeg": True, "dali": dali_import_error() is None}
-        backends = sorted({row.backend for row in rows if row.device == name and runs.get(row.backend)})
-        choice = measured.best("image", "jpeg", name, backends, rows=rows)
-        if choice is not None:
-            return choice.best.backend, choice.reason(), choice.best
+    runs = {"cpu": True, "nvjpeg": True, "dali": dali_import_error() is None}
+    choice = _measured_choice("image", "jpeg", device, lambda backend: runs.get(backend, False))
+    if choice is not None:
+        return choice.best.backend, choice.reason(), choice.best
     return "nvjpeg", IMAGE_AUTO_REASON, None
 
 

@@ -63,6 +63,7 @@ class Classifier(nn.Module):
     token_grid = OmniMAE.token_grid
     _as_video = OmniMAE._as_video
     patch_size = OmniMAE.patch_size
+    num_tokens = OmniMAE.num_tokens
 
     def __init__(self, encoder: OmniMAE, num_classes: int, drop_path: float = 0.0):
         super().__init__()
@@ -109,11 +110,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))  # [B, C]
-
-    def num_tokens(self, modality: str) -> int:
-        """Tokens of a full-size image (one slot) or video (all slots)."""
-        t, h, w = self.grid
-        return h * w * (1 if modality == "image" else t)
 
     def flops_per_sample(self, modality: str) -> int:
         """Training matmul FLOPs per sample (forward + backward = 3 x forward), every token kept."""

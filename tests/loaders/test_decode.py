@@ -347,13 +347,19 @@ def test_dali_mixed_nvdec_matches_pyav(codec, container):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_nvjpeg_matches_the_cpu_decoder():
+@pytest.mark.parametrize("jpeg, size", [("nvjpeg", (120, 160)), ("dali", (375, 500))])
+def test_gpu_jpeg_decoders_match_the_cpu_decoder(jpeg, size):
+    """nvJPEG (torchvision) and DALI's mixed decoder (the hardware JPEG decoder, on an
+    ImageNet-sized image): the CPU's pixels; PNGs go to the CPU, a broken file fails alone."""
+    if jpeg == "dali" and decode.dali_import_error() is not None:
+        pytest.skip(f"DALI does not import: {decode.dali_import_error()}")
     coarse = torch.from_numpy(np.random.default_rng(0).random((1, 3, 8, 8)).astype(np.float32) * 255)
-    image = F.interpolate(coarse, size=(120, 160), mode="bilinear")[0].byte()
-    jpeg = encode_jpeg(image, quality=95).numpy().tobytes()
+    image = F.interpolate(coarse, size=size, mode="bilinear")[0].byte()
+    data = encode_jpeg(image, quality=95 if jpeg == "nvjpeg" else 90).numpy().tobytes()
     png = encode_png(image).numpy().tobytes()
-    gpu = ImageDecoder("cuda", max_short_side=None).decode([jpeg, png, b"\xff\xd8\xffbroken", jpeg])
-    cpu = ImageDecoder("cpu", max_short_side=None).decode([jpeg])
+    with ImageDecoder("cuda", jpeg=jpeg, max_short_side=None) as decoder:
+        gpu = decoder.decode([data, png, b"\xff\xd8\xffbroken", data])
+    cpu = ImageDecoder("cpu", max_short_side=None).decode([data])
     assert [p for p, _ in gpu.failures] == [2]
     assert all(gpu.clips[i].is_cuda for i in (0, 1, 3))
     assert psnr(gpu.clips[0].cpu(), cpu.clips[0]) >= 35.0

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from av.video.reformatter import VideoReformatter
-from torchvision.io import encode_jpeg, encode_png
+from torchvision.io import encode_jpeg
 
 import loaders.decode as decode
 from loaders.decode.common import DecodeError, FramePlan, counts_as_frame, resized_shape
@@ -475,8 +475,6 @@ def test_gpu_decode_check_waits_until_every_thread_has_a_decoder():
 
 needs_nvdec = pytest.mark.skipif(not torch.cuda.is_available() or decode.nvdec_import_error() is not None,
                                  reason="needs a CUDA device and PyNvVideoCodec")
-needs_cuda_dali = pytest.mark.skipif(not torch.cuda.is_available() or decode.dali_import_error() is not None,
-                                     reason="needs a CUDA device and DALI")
 
 
 @pytest.mark.gpu
@@ -525,18 +523,3 @@ def test_nvdec_clips_outlive_later_decodes():
     for clip, copy, index in zip(first.clips, kept, indices):
         assert read_codes(clip.cpu()) == index and torch.equal(clip, copy)
 
-
-@pytest.mark.gpu
-@needs_cuda_dali
-def test_dali_mixed_image_decoder_matches_the_cpu():
-    coarse = torch.from_numpy(np.random.default_rng(0).random((1, 3, 8, 8)).astype(np.float32) * 255)
-    image = F.interpolate(coarse, size=(375, 500), mode="bilinear")[0].byte()
-    jpeg = encode_jpeg(image, quality=90).numpy().tobytes()
-    png = encode_png(image).numpy().tobytes()
-    with ImageDecoder("cuda", jpeg="dali", max_short_side=None) as gpu:
-        out = gpu.decode([jpeg, png, b"\xff\xd8\xffbroken", jpeg])
-    cpu = ImageDecoder("cpu", max_short_side=None).decode([jpeg])
-    assert [p for p, _ in out.failures] == [2]
-    assert all(out.clips[i].is_cuda for i in (0, 1, 3))
-    assert psnr(out.clips[0].cpu(), cpu.clips[0]) >= 35.0
-    assert torch.equal(out.clips[1].cpu(), image.permute(1, 2, 0))
